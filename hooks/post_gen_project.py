@@ -1,0 +1,91 @@
+"""Delete the files of the features the user did not choose.
+
+This file holds no Jinja: cookiecutter runs it as its post-generation hook and copier runs it,
+unchanged, as a task (also during `copier update`, possibly several times). It works in the
+current directory, which both engines set to the generated project, and reads the answers from
+the file the template renders for it, then deletes that file. Running it again finds no answers
+file and changes nothing, so it is idempotent; it never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ANSWERS_FILE = ".template-answers.json"
+
+# The one list of which paths belong to which feature. A key is a feature answer: a boolean
+# prompt ("use_rooms") keeps its paths when true; "question=value" keeps them when the answer
+# equals the value. Paths are relative to the project root; "{package_name}" is filled in.
+MANIFEST: dict[str, tuple[str, ...]] = {
+    "use_rooms": (
+        "src/{package_name}/rooms.py",
+        "tests/test_rooms.py",
+    ),
+}
+
+
+def is_chosen(feature: str, answers: dict[str, object]) -> bool:
+    """Whether a manifest key holds for these answers."""
+    question, equals, value = feature.partition("=")
+    if question not in answers:
+        raise KeyError(f"the manifest names {question!r}, which is not a question")
+    answer = answers[question]
+    if equals:
+        return str(answer) == value
+    if not isinstance(answer, bool):
+        raise TypeError(f"{question!r} is not a yes/no question; write '{question}=VALUE'")
+    return answer
+
+
+def unchosen_paths(answers: dict[str, object]) -> list[str]:
+    """The manifest's paths for every feature these answers leave out, sorted."""
+    paths = {
+        path.format(package_name=answers["package_name"])
+        for feature, feature_paths in MANIFEST.items()
+        if not is_chosen(feature, answers)
+        for path in feature_paths
+    }
+    return sorted(paths)
+
+
+def prune(project: Path, answers: dict[str, object]) -> list[str]:
+    """Delete the unchosen paths under `project`; return the ones that were there."""
+    removed = []
+    for relative in unchosen_paths(answers):
+        path = project / relative
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(relative)
+    return removed
+
+
+def read_answers(project: Path) -> dict[str, object] | None:
+    """The rendered answers, or None when a previous run already consumed them."""
+    path = project / ANSWERS_FILE
+    if not path.exists():
+        return None
+    answers = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(answers, dict):
+        raise ValueError(f"{ANSWERS_FILE} must hold a JSON object")
+    return answers
+
+
+def main() -> int:
+    project = Path.cwd()
+    answers = read_answers(project)
+    if answers is None:
+        return 0
+    prune(project, answers)
+    (project / ANSWERS_FILE).unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

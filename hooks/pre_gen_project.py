@@ -1,0 +1,67 @@
+"""Refuse answers that would generate a broken project, before anything is written.
+
+Cookiecutter runs this file as its pre-generation hook after rendering the one Jinja line
+below; copier runs it as its first task with the answers as a JSON argument. Either way an
+invalid answer stops generation with one line naming the answer and the rule, and the engine
+removes what it had created.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import re
+import sys
+
+# The one Jinja seam: cookiecutter renders this into the answers as JSON. `tojson` escapes
+# quotes, so the rendered text can never end the string early.
+RENDERED_ANSWERS = r"""{{ cookiecutter|tojson }}"""
+
+# PEP 508 names, which is what PyPI and pip accept as a distribution name.
+DISTRIBUTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE)
+
+
+def problems(answers: dict[str, object]) -> list[str]:
+    """Every rule the answers break, one line each; empty when they are all fine."""
+    found = []
+    slug = str(answers.get("project_slug", ""))
+    package = str(answers.get("package_name", ""))
+    if not DISTRIBUTION_NAME.match(slug):
+        found.append(
+            f"project_slug {slug!r} is not a valid distribution name: use letters, digits, "
+            "'-', '_' or '.', starting and ending with a letter or digit"
+        )
+    if not package.isidentifier() or not package.isascii():
+        found.append(
+            f"package_name {package!r} is not a Python identifier: use ASCII letters, "
+            "digits and '_', not starting with a digit"
+        )
+    elif keyword.iskeyword(package) or keyword.issoftkeyword(package):
+        found.append(f"package_name {package!r} is a Python keyword: choose another name")
+    elif package in sys.stdlib_module_names:
+        found.append(
+            f"package_name {package!r} shadows the standard-library module of that name: "
+            "choose another name"
+        )
+    elif package != package.lower():
+        found.append(f"package_name {package!r} must be lower case (PEP 8 package names)")
+    return found
+
+
+def read_answers(argv: list[str]) -> dict[str, object]:
+    text = argv[1] if len(argv) > 1 else RENDERED_ANSWERS
+    answers = json.loads(text)
+    if not isinstance(answers, dict):
+        raise SystemExit("error: the hook expected the answers as a JSON object")
+    return answers
+
+
+def main(argv: list[str]) -> int:
+    found = problems(read_answers(argv))
+    for line in found:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,54 @@
+"""The app factory: builds the hub, the protocol and the routes from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette import status
+
+from . import __version__
+from .demo import mount_demo
+from .endpoint import Endpoint, OnOpen
+from .health import Readiness, health_router
+from .hub import Hub
+from .protocol import Protocol, Publish
+from .publishing import Publisher
+{%- if cookiecutter.use_rooms %}
+from .rooms import Rooms
+{%- endif %}
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    hub = Hub()
+    readiness = Readiness()
+    protocol = Protocol()
+    protocol.on("publish", Publish, Publisher(hub).handle)
+    on_open: OnOpen | None = None
+{%- if cookiecutter.use_rooms %}
+    rooms = Rooms(hub, settings.rooms)
+    rooms.register(protocol)
+    on_open = rooms.on_open
+{%- endif %}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn has already closed its sockets with 1012; this covers other servers.
+        readiness.shutting_down = True
+        hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
+
+    app = FastAPI(title="{{ cookiecutter.project_name }}", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.hub = hub
+    app.state.protocol = protocol
+    app.state.readiness = readiness
+    app.add_api_websocket_route("/ws", Endpoint(hub, protocol, settings.hub, on_open=on_open))
+    app.include_router(health_router(readiness, hub))
+    mount_demo(app)
+    return app

@@ -1,0 +1,164 @@
+"""The WebSocket endpoint: handshake, accept, read loop, and cleanup on every way out.
+
+One handler shape for every connection:
+
+1. handshake: `identify` looks at the upgrade request (the auth feature plugs in here) and may
+   refuse it with an HTTP status before anything is accepted;
+2. accept, register with the hub, start the writer, join the first rooms, send `welcome`;
+3. the read loop, beside the writer: whichever ends first ends the connection;
+4. cleanup in `finally`: both tasks stopped, the connection and its rooms removed from the hub,
+   and the close frame sent (bounded in time) when the server chose to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import WebSocket
+from starlette import status
+from starlette.responses import Response
+from starlette.websockets import WebSocketState
+
+from .hub import Connection, Hub
+from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
+from .rate_limit import TokenBucket
+from .settings import HubSettings
+
+__all__ = ["Endpoint", "HandshakeRefused", "Identify", "OnOpen", "anonymous"]
+
+logger = logging.getLogger(__name__)
+
+
+class HandshakeRefused(Exception):
+    """Raised by `identify` to answer the upgrade request with an HTTP error instead."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+Identify = Callable[[WebSocket], Awaitable[str]]
+OnOpen = Callable[[Connection, WebSocket], None]
+
+
+async def anonymous(websocket: WebSocket) -> str:
+    """The identity of every client when the service has no authentication."""
+    return "anonymous"
+
+
+class Endpoint:
+    """The `/ws` route handler; one instance per app."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        protocol: Protocol,
+        settings: HubSettings,
+        *,
+        identify: Identify = anonymous,
+        on_open: OnOpen | None = None,
+    ) -> None:
+        self.hub = hub
+        self.protocol = protocol
+        self.settings = settings
+        self.identify = identify
+        self.on_open = on_open or self._join_default_room
+
+    def _join_default_room(self, connection: Connection, websocket: WebSocket) -> None:
+        self.hub.join(connection, DEFAULT_ROOM)
+
+    async def __call__(self, websocket: WebSocket) -> None:
+        try:
+            user = await self.identify(websocket)
+        except HandshakeRefused as refusal:
+            # An HTTP response to the upgrade request: the socket is never accepted.
+            await websocket.send_denial_response(
+                Response(refusal.detail, status_code=refusal.status_code)
+            )
+            return
+        await websocket.accept()
+        connection = Connection(
+            websocket.send_text,
+            user=user,
+            outbox_limit=self.settings.outbox_limit,
+            policy=self.settings.slow_consumer_policy,
+        )
+        self.hub.add(connection)
+        writer = connection.start_writer()
+        reader = asyncio.create_task(
+            self._read_loop(websocket, connection), name=f"reader-{connection.id}"
+        )
+        try:
+            self.on_open(connection, websocket)
+            connection.offer(
+                encode(
+                    {
+                        "type": "welcome",
+                        "connection": connection.id,
+                        "user": connection.user,
+                        "rooms": sorted(connection.rooms),
+                    }
+                )
+            )
+            await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            writer.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+            self.hub.remove(connection)
+        if connection.close_code is not None:
+            await self._close(websocket, connection.close_code, connection.close_reason)
+
+    async def _close(self, websocket: WebSocket, code: int, reason: str) -> None:
+        """Send the close frame, but never wait long for a client that stopped reading."""
+        if websocket.application_state is not WebSocketState.CONNECTED:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                websocket.close(code, reason), timeout=self.settings.close_timeout_seconds
+            )
+
+    async def _read_loop(self, websocket: WebSocket, connection: Connection) -> None:
+        """Read frames until the client leaves or the connection is condemned."""
+        bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
+        loop = asyncio.get_running_loop()
+        max_bytes = self.settings.max_message_bytes
+        while True:
+            event = await websocket.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            connection.last_seen = loop.time()
+            text: str | None = event.get("text")
+            if not bucket.take():
+                connection.close(status.WS_1008_POLICY_VIOLATION, "rate limit exceeded")
+                return
+            if _size(event) > max_bytes:
+                connection.close(status.WS_1009_MESSAGE_TOO_BIG, f"limit is {max_bytes} bytes")
+                return
+            if text is None:
+                connection.offer(
+                    error_frame(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
+                )
+                continue
+            try:
+                message, handler = self.protocol.decode(text)
+                await handler(connection, message)
+            except ProtocolError as error:
+                connection.offer(error_frame(error.code, error.detail))
+            except Exception:
+                logger.exception("handler failed on %r", connection)
+                connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
+                return
+
+
+def _size(event: dict[str, object]) -> int:
+    """Bytes in a frame; the UTF-8 length is computed only when it could matter."""
+    text = event.get("text")
+    if isinstance(text, str):
+        return len(text) if text.isascii() else len(text.encode())
+    data = event.get("bytes")
+    return len(data) if isinstance(data, bytes) else 0

@@ -1,0 +1,198 @@
+"""The Hub: every open connection, the rooms they are in, and fan-out to them.
+
+Each connection has a bounded outbox drained by one writer task. Publishing encodes a message
+once and appends the same string to every member's outbox without awaiting any socket, so a
+client that stops reading delays nobody else. A client whose outbox is full is handled by the
+slow-consumer policy: closed with 1013 (try again later) and forgotten, or sent only what fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+
+from starlette import status
+
+__all__ = ["Connection", "ConnectionState", "Hub", "SlowConsumerPolicy"]
+
+SendText = Callable[[str], Awaitable[None]]
+
+_connection_ids = itertools.count(1)
+
+
+class SlowConsumerPolicy(enum.StrEnum):
+    """What to do with a client whose outbox is full."""
+
+    CLOSE = "close"  # close it with 1013 so it reconnects and resyncs; the default
+    DROP = "drop"  # skip messages for it until it catches up; for lossy feeds
+
+
+class ConnectionState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """One client: who it is, its rooms, and its outbox.
+
+    The writer task (`write_loop`) is the only code that sends on the socket, so frames leave
+    in the order they were offered. `close()` may be called from anywhere (the hub, the reader,
+    a timer); it is synchronous and never waits for the client.
+    """
+
+    __slots__ = (
+        "_outbox",
+        "_outbox_limit",
+        "_policy",
+        "_send_text",
+        "_wakeup",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "id",
+        "last_seen",
+        "rooms",
+        "state",
+        "user",
+    )
+
+    def __init__(
+        self,
+        send_text: SendText,
+        *,
+        user: str,
+        outbox_limit: int,
+        policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
+    ) -> None:
+        self.id = f"c{next(_connection_ids)}"
+        self.user = user
+        self.rooms: set[str] = set()
+        self.state = ConnectionState.OPEN
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.last_seen = asyncio.get_running_loop().time()
+        self._send_text = send_text
+        self._outbox: deque[str] = deque()
+        self._outbox_limit = outbox_limit
+        self._policy = policy
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame for this client without waiting; False if it was not queued."""
+        if self.state is not ConnectionState.OPEN:
+            return False
+        if len(self._outbox) >= self._outbox_limit:
+            if self._policy is SlowConsumerPolicy.CLOSE:
+                self.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
+            return False
+        self._outbox.append(frame)
+        self._wakeup.set()
+        return True
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Condemn the connection: drop its outbox and stop its writer, even mid-send.
+
+        The endpoint then sends the close frame (with a time limit, since a client that stopped
+        reading may never take it) and removes the connection from the hub.
+        """
+        if self.state is not ConnectionState.OPEN:
+            return
+        self.state = ConnectionState.CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        self._outbox.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+
+    def start_writer(self) -> asyncio.Task[None]:
+        if self._writer is not None:
+            raise RuntimeError(f"Expected no writer for {self!r}, got {self._writer!r}")
+        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        return self._writer
+
+    @property
+    def pending(self) -> int:
+        """Frames queued and not yet handed to the server."""
+        return len(self._outbox)
+
+    async def _write_loop(self) -> None:
+        outbox = self._outbox
+        while self.state is ConnectionState.OPEN:
+            if not outbox:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Drain everything queued in one wake-up: cheaper than one wake-up per frame.
+            while outbox:
+                await self._send_text(outbox.popleft())
+
+
+class Hub:
+    """Connections and room membership in this process.
+
+    Rooms exist only while they have members: leaving the last member frees the room.
+    """
+
+    def __init__(self) -> None:
+        self._connections: set[Connection] = set()
+        self._rooms: dict[str, set[Connection]] = {}
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(tuple(self._connections))
+
+    @property
+    def rooms(self) -> dict[str, int]:
+        """Room name to member count, for health output and tests."""
+        return {name: len(members) for name, members in self._rooms.items()}
+
+    def add(self, connection: Connection) -> None:
+        self._connections.add(connection)
+
+    def remove(self, connection: Connection) -> None:
+        """Forget a connection and every membership it had; safe to call twice."""
+        for room in tuple(connection.rooms):
+            self.leave(connection, room)
+        self._connections.discard(connection)
+        connection.state = ConnectionState.CLOSED
+
+    def join(self, connection: Connection, room: str) -> bool:
+        """Add a member; False if it was one already."""
+        if room in connection.rooms:
+            return False
+        self._rooms.setdefault(room, set()).add(connection)
+        connection.rooms.add(room)
+        return True
+
+    def leave(self, connection: Connection, room: str) -> bool:
+        """Remove a member; False if it was not one."""
+        if room not in connection.rooms:
+            return False
+        connection.rooms.discard(room)
+        members = self._rooms.get(room)
+        if members is not None:
+            members.discard(connection)
+            if not members:
+                del self._rooms[room]
+        return True
+
+    def deliver(self, room: str, frame: str) -> int:
+        """Offer an encoded frame to every member of a room; return how many took it."""
+        members = self._rooms.get(room)
+        if not members:
+            return 0
+        # A copy: a slow consumer closed by `offer` must not change the set mid-iteration.
+        return sum(member.offer(frame) for member in tuple(members))
+
+    def close_all(self, code: int, reason: str = "") -> None:
+        for connection in self:
+            connection.close(code, reason)

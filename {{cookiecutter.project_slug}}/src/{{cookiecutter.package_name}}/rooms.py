@@ -1,0 +1,91 @@
+"""Rooms: a client joins and leaves many rooms over one connection.
+
+A client names its first rooms when it connects (`/ws?room=a&room=b`; none named means the
+default room) and then sends `join` and `leave`, each acknowledged with `joined` or `left`.
+Names are checked against a pattern and a length, and a connection's rooms are capped; a
+refused join gets an error frame and the connection lives on. Membership itself lives in the
+Hub, which frees a room when its last member leaves or disconnects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from fastapi import WebSocket
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .hub import Connection, Hub
+from .protocol import (
+    DEFAULT_ROOM,
+    ErrorCode,
+    Message,
+    Protocol,
+    ProtocolError,
+    encode,
+    error_frame,
+)
+
+__all__ = ["Join", "Leave", "RoomSettings", "Rooms"]
+
+
+class RoomSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROOMS_", env_file=".env", extra="ignore")
+
+    max_rooms_per_connection: int = Field(default=32, ge=1)
+    max_name_length: int = Field(default=64, ge=1)
+    # Letters, digits and a few separators: safe in URLs, logs and Redis channel names.
+    name_pattern: str = r"[A-Za-z0-9_.:-]+"
+
+
+class Join(Message):
+    type: Literal["join"]
+    room: str
+
+
+class Leave(Message):
+    type: Literal["leave"]
+    room: str
+
+
+class Rooms:
+    """The `join` and `leave` handlers, and the rooms named at connect time."""
+
+    def __init__(self, hub: Hub, settings: RoomSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._name = re.compile(settings.name_pattern)
+
+    def register(self, protocol: Protocol) -> None:
+        protocol.on("join", Join, self.join)
+        protocol.on("leave", Leave, self.leave)
+
+    def on_open(self, connection: Connection, websocket: WebSocket) -> None:
+        for room in websocket.query_params.getlist("room") or [DEFAULT_ROOM]:
+            try:
+                self._admit(connection, room)
+            except ProtocolError as error:
+                connection.offer(error_frame(error.code, error.detail))
+
+    async def join(self, connection: Connection, message: Join) -> None:
+        self._admit(connection, message.room)
+        connection.offer(encode({"type": "joined", "room": message.room}))
+
+    async def leave(self, connection: Connection, message: Leave) -> None:
+        if not self.hub.leave(connection, message.room):
+            raise ProtocolError(ErrorCode.NOT_A_MEMBER, f"not in room {message.room!r}")
+        connection.offer(encode({"type": "left", "room": message.room}))
+
+    def _admit(self, connection: Connection, room: str) -> None:
+        """Join `room` if its name is valid and the cap allows; joining twice is fine."""
+        limit = self.settings.max_name_length
+        if not 0 < len(room) <= limit or not self._name.fullmatch(room):
+            raise ProtocolError(
+                ErrorCode.INVALID_ROOM,
+                f"room names are 1-{limit} characters matching {self.settings.name_pattern}",
+            )
+        cap = self.settings.max_rooms_per_connection
+        if room not in connection.rooms and len(connection.rooms) >= cap:
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")
+        self.hub.join(connection, room)

@@ -1,0 +1,64 @@
+"""Typed settings, read from the environment and from `.env`.
+
+One group per concern, each with its own environment prefix (`HUB_OUTBOX_LIMIT=2048`); every
+limit and interval of the service is here. A feature's group lives in the feature's module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .hub import SlowConsumerPolicy
+{%- if cookiecutter.use_rooms %}
+from .rooms import RoomSettings
+{%- endif %}
+
+__all__ = ["HubSettings", "ServerSettings", "Settings"]
+
+
+class ServerSettings(BaseSettings):
+    """How the `serve` command runs uvicorn."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVER_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # On SIGTERM open sockets are closed with 1012 (service restart) at once; this bounds how
+    # long the process then waits for handlers to finish before it cancels them and exits.
+    shutdown_timeout_seconds: int = Field(default=5, ge=0)
+    # Off by default: each subscriber gets its own compressor, so a broadcast would be
+    # compressed once per client, roughly doubling CPU and memory per connection.
+    per_message_deflate: bool = False
+
+
+class HubSettings(BaseSettings):
+    """Limits of each connection."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
+
+    # Frames queued for one client before the slow-consumer policy applies. Size it for the
+    # largest burst a healthy client must absorb, or healthy clients get shed during bursts.
+    outbox_limit: int = Field(default=1024, ge=1)
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    # A larger frame closes the connection with 1009 (message too big).
+    max_message_bytes: int = Field(default=64 * 1024, ge=256)
+    # Frames a client may send per second on average, and in one burst; past that the
+    # connection is closed with 1008 (policy violation).
+    rate_per_second: float = Field(default=50.0, gt=0)
+    rate_burst: int = Field(default=100, ge=1)
+    # How long to wait for a client to take the close frame before giving up on it.
+    close_timeout_seconds: float = Field(default=2.0, gt=0)
+
+
+class Settings(BaseModel):
+    """All settings; each group reads its own environment variables when created."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+{%- if cookiecutter.use_rooms %}
+    rooms: RoomSettings = Field(default_factory=RoomSettings)
+{%- endif %}

@@ -1,0 +1,80 @@
+// A small WebSocket client for the service's JSON protocol.
+//
+// It reconnects by itself with exponential backoff and full jitter: after the n-th failed
+// attempt it waits a random time between 0 and min(maxDelay, baseDelay * 2^n), so a thousand
+// clients dropped by one server restart do not all come back in the same instant. A `welcome`
+// frame resets the backoff. Events: "state" (connecting | open | reconnecting | closed),
+// "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt).
+// `url` may be a function, called before every attempt (to rejoin the rooms a page is in).
+"use strict";
+
+class RealtimeClient extends EventTarget {
+  constructor(url, { baseDelay = 250, maxDelay = 10000 } = {}) {
+    super();
+    this.url = typeof url === "function" ? url : () => url;
+    this.baseDelay = baseDelay;
+    this.maxDelay = maxDelay;
+    this.attempt = 0;
+    this.socket = null;
+    this.timer = null;
+    this.stopped = false;
+    this.state = "closed";
+  }
+
+  connect() {
+    this.stopped = false;
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    const socket = new WebSocket(this.url());
+    this.socket = socket;
+    socket.addEventListener("open", () => this.setState("open"));
+    socket.addEventListener("message", (event) => {
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return; // the server only sends JSON; anything else is not ours to handle
+      }
+      if (frame.type === "welcome") this.attempt = 0;
+      this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
+    });
+    socket.addEventListener("close", () => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      if (this.stopped) {
+        this.setState("closed");
+        return;
+      }
+      this.scheduleReconnect();
+    });
+  }
+
+  scheduleReconnect() {
+    const ceiling = Math.min(this.maxDelay, this.baseDelay * 2 ** this.attempt);
+    const delay = Math.random() * ceiling;
+    this.attempt += 1;
+    this.setState("reconnecting");
+    this.dispatchEvent(new CustomEvent("retry", { detail: { delay } }));
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  // Send one message; false when not connected (the caller decides whether to retry).
+  send(message) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  close() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.socket) this.socket.close(1000, "client closed");
+    else this.setState("closed");
+  }
+
+  setState(state) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  }
+}
+
+window.RealtimeClient = RealtimeClient;
