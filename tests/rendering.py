@@ -1,0 +1,178 @@
+"""Render the template with either engine and install a rendered project.
+
+Every template test imports this module (tests/ is on sys.path through tests/conftest.py, and
+pytest's rootdir-relative imports put it there too), so the facts about the template live in
+one place: which questions exist, which of them choose features, and how a project is built.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+
+# The shared download cache for every project's environment: installing is the expensive part
+# of the matrix, and each combination still gets its own fresh virtualenv.
+UV_CACHE_DIR = Path(os.environ.get("UV_CACHE_DIR", TEMPLATE / "build" / "uv-cache"))
+
+# What a fresh copy of the template leaves out: version control and local build products.
+NOT_TEMPLATE = (".git", ".venv", "build", "__pycache__", ".pytest_cache", ".mypy_cache",
+                ".ruff_cache")
+
+
+def _public_questions() -> dict[str, object]:
+    context = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+    # Keys starting with "_" are engine settings or computed values, never asked.
+    return {name: default for name, default in context.items() if not name.startswith("_")}
+
+
+# Every question cookiecutter asks, in order, with its default (a list holds the choices).
+QUESTIONS: dict[str, object] = _public_questions()
+
+
+def _feature_choices() -> dict[str, tuple[object, ...]]:
+    """Each feature question with every answer it accepts: a yes/no, or a choice list."""
+    features: dict[str, tuple[object, ...]] = {}
+    for name, default in QUESTIONS.items():
+        if isinstance(default, bool):
+            features[name] = (default, not default)
+        elif isinstance(default, list):
+            features[name] = tuple(default)
+    return features
+
+
+FEATURES: dict[str, tuple[object, ...]] = _feature_choices()
+
+
+def answer_label(question: str, answer: object) -> str:
+    """A short readable part of a combination id: 'rooms', 'noheartbeats', 'auth-cookie'."""
+    name = question.removeprefix("use_")
+    if isinstance(answer, bool):
+        return name if answer else f"no{name}"
+    return f"{name}-{answer}"
+
+
+class Combination(NamedTuple):
+    id: str
+    answers: dict[str, object]
+
+
+def _combinations() -> list[Combination]:
+    combinations = []
+    for chosen in itertools.product(*FEATURES.values()):
+        answers = dict(zip(FEATURES, chosen, strict=True))
+        label = "-".join(answer_label(name, value) for name, value in answers.items())
+        combinations.append(Combination(label, answers))
+    return combinations
+
+
+# Every combination of feature answers; the first one is the template's defaults.
+COMBINATIONS: list[Combination] = _combinations()
+DEFAULT: Combination = COMBINATIONS[0]
+
+
+class CommandFailed(AssertionError):
+    """A command exited non-zero; the message carries its whole output, for the test report."""
+
+
+def run(args: Sequence[str | Path], cwd: Path, *, timeout: float = 900,
+        env: Mapping[str, str] | None = None) -> str:
+    """Run a command, return its output (stdout and stderr merged) or raise CommandFailed."""
+    command = [str(arg) for arg in args]
+    result = subprocess.run(
+        command, cwd=cwd, env=dict(env) if env is not None else None, timeout=timeout,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise CommandFailed(
+            f"`{' '.join(command)}` exited {result.returncode} in {cwd}:\n{result.stdout}"
+        )
+    return result.stdout
+
+
+def render_cookiecutter(answers: Mapping[str, object], output_dir: Path) -> Path:
+    """Render the working tree with cookiecutter; return the generated project's folder."""
+    from cookiecutter.main import cookiecutter
+
+    project = cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        extra_context=dict(answers),
+        output_dir=str(output_dir),
+        # Ignore the user's ~/.cookiecutterrc, so every machine renders the same tree.
+        default_config=True,
+    )
+    return Path(project)
+
+
+@functools.cache
+def _template_copy() -> Path:
+    """The working tree copied without .git, made once per test process.
+
+    Given a git repository, copier renders a commit (the latest tag, or HEAD); given a plain
+    folder it renders the files as they are, uncommitted edits included, like cookiecutter does.
+    """
+    parent = Path(tempfile.mkdtemp(prefix="template-copy-"))
+    atexit.register(shutil.rmtree, parent, ignore_errors=True)
+    copy = parent / TEMPLATE.name
+    shutil.copytree(TEMPLATE, copy, ignore=shutil.ignore_patterns(*NOT_TEMPLATE), symlinks=True)
+    return copy
+
+
+def render_copier(answers: Mapping[str, object], dest: Path) -> Path:
+    """Render the working tree with copier into `dest` (the project folder itself)."""
+    import copier
+
+    copier.run_copy(
+        str(_template_copy()),
+        dest,
+        data=dict(answers),
+        defaults=True,
+        # The hooks run as copier tasks, which copier only runs for a trusted template.
+        unsafe=True,
+        quiet=True,
+    )
+    return dest
+
+
+def uv_executable() -> str:
+    """uv from the test environment (requirements-dev.txt installs it)."""
+    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if found is None:
+        raise CommandFailed("uv is missing: `pip install -r requirements-dev.txt` installs it")
+    return found
+
+
+def uv_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The project's own environment, not whichever one runs the tests.
+    env.pop("VIRTUAL_ENV", None)
+    env["UV_CACHE_DIR"] = str(UV_CACHE_DIR)
+    # Use the machine's python3; never download an interpreter.
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env["UV_NO_PROGRESS"] = "1"
+    return env
+
+
+def install(project: Path) -> Path:
+    """Create `project/.venv` with uv, install the project with its dev extra into it, and
+    return the virtualenv's bin folder."""
+    uv = uv_executable()
+    env = uv_environment()
+    venv = project / ".venv"
+    run([uv, "venv", "--python", "python3", venv], cwd=project, env=env)
+    python = venv / "bin" / "python"
+    run([uv, "pip", "install", "--python", python, "-e", ".[dev]"], cwd=project, env=env)
+    return venv / "bin"
