@@ -1,0 +1,188 @@
+"""The hooks' functions, called directly (cookiecutter-django's habit): fast and precise."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from rendering import QUESTIONS, TEMPLATE
+
+
+def load_hook(name: str) -> ModuleType:
+    # The hooks are scripts the engines run by path, not a package, so load them the same way.
+    path = TEMPLATE / "hooks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pre_gen = load_hook("pre_gen_project")
+post_gen = load_hook("post_gen_project")
+
+
+def valid_answers(**changes: object) -> dict[str, object]:
+    answers: dict[str, object] = {
+        "project_name": "Chat Service",
+        "project_slug": "chat-service",
+        "package_name": "chat_service",
+        "description": "A chat.",
+        "author": "Ada",
+    }
+    for question, default in QUESTIONS.items():
+        if isinstance(default, bool):
+            answers[question] = default
+        elif isinstance(default, list):
+            answers[question] = default[0]
+    answers.update(changes)
+    return answers
+
+
+# --- pre_gen_project.problems -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("slug", "package"),
+    [("chat-service", "chat_service"), ("chat.service", "chat"), ("a", "a"), ("x1_y", "x1_y")],
+)
+def test_valid_names_pass(slug: str, package: str) -> None:
+    assert pre_gen.problems(valid_answers(project_slug=slug, package_name=package)) == []
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("project_slug", ""),
+        ("project_slug", "chat service"),
+        ("project_slug", "-chat"),
+        ("package_name", ""),
+        ("package_name", "class"),
+        ("package_name", "match"),  # a soft keyword: legal as a name, confusing as a package
+        ("package_name", "json"),
+        ("package_name", "asyncio"),
+        ("package_name", "My-Pkg"),
+        ("package_name", "My_Pkg"),
+        ("package_name", "1abc"),
+        ("package_name", "café"),
+    ],
+)
+def test_each_invalid_answer_gives_one_message_naming_it(question: str, answer: str) -> None:
+    found = pre_gen.problems(valid_answers(**{question: answer}))
+    assert len(found) == 1, found
+    assert question in found[0]
+    assert repr(answer) in found[0]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = pre_gen.problems(valid_answers(project_slug="bad slug", package_name="class"))
+    assert len(found) == 2, found
+
+
+def test_main_reads_answers_from_its_argument_and_exits_non_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert pre_gen.main(["hook", json.dumps(valid_answers())]) == 0
+    assert pre_gen.main(["hook", json.dumps(valid_answers(package_name="class"))]) == 1
+    assert "package_name 'class'" in capsys.readouterr().err
+
+
+# --- post_gen_project ---------------------------------------------------------------------
+
+
+def test_is_chosen_for_yes_no_and_choice_features() -> None:
+    answers = {"use_rooms": True, "use_sse": False, "auth": "cookie"}
+    assert post_gen.is_chosen("use_rooms", answers)
+    assert not post_gen.is_chosen("use_sse", answers)
+    assert post_gen.is_chosen("auth=cookie", answers)
+    assert not post_gen.is_chosen("auth=none", answers)
+
+
+def test_is_chosen_refuses_unknown_questions_and_bare_choice_questions() -> None:
+    with pytest.raises(KeyError, match="use_nothing"):
+        post_gen.is_chosen("use_nothing", {"use_rooms": True})
+    with pytest.raises(TypeError, match="auth"):
+        post_gen.is_chosen("auth", {"auth": "cookie"})
+
+
+def test_manifest_names_only_questions_that_exist() -> None:
+    for feature in post_gen.MANIFEST:
+        question = feature.partition("=")[0]
+        assert question in QUESTIONS, f"MANIFEST names {question!r}, not in cookiecutter.json"
+
+
+def all_features(chosen: bool) -> dict[str, object]:
+    """Answers that choose every manifest feature, or none of them."""
+    answers: dict[str, object] = valid_answers()
+    for feature in post_gen.MANIFEST:
+        question, equals, value = feature.partition("=")
+        if not equals:
+            answers[question] = chosen
+        elif chosen:
+            answers[question] = value
+        else:
+            answers[question] = f"not-{value}"
+    return answers
+
+
+def test_unchosen_paths_lists_every_path_of_unchosen_features() -> None:
+    expected = sorted(
+        {
+            path.format(package_name="chat_service")
+            for paths in post_gen.MANIFEST.values()
+            for path in paths
+        }
+    )
+    assert post_gen.unchosen_paths(all_features(chosen=False)) == expected
+    assert post_gen.unchosen_paths(all_features(chosen=True)) == []
+
+
+def make_tree(root: Path, relative_paths: list[str]) -> None:
+    for relative in relative_paths:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n", encoding="utf-8")
+
+
+def test_prune_deletes_files_and_folders_and_keeps_the_rest(tmp_path: Path) -> None:
+    answers = {"package_name": "pkg", "use_a": False, "use_b": True}
+    manifest = {"use_a": ("src/{package_name}/a.py", "tests/a"), "use_b": ("src/b.py",)}
+    make_tree(tmp_path, ["src/pkg/a.py", "tests/a/test_a.py", "src/b.py", "src/pkg/core.py"])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(post_gen, "MANIFEST", manifest)
+        removed = post_gen.prune(tmp_path, answers)
+        assert post_gen.prune(tmp_path, answers) == []
+
+    assert removed == ["src/pkg/a.py", "tests/a"]
+    remaining = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert remaining == ["src/b.py", "src/pkg/core.py"]
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_main_prunes_removes_the_answers_file_and_is_idempotent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = all_features(chosen=False)
+    every_path = [
+        path.format(package_name="chat_service")
+        for paths in post_gen.MANIFEST.values()
+        for path in paths
+    ]
+    make_tree(tmp_path, [*every_path, "src/chat_service/app.py"])
+    (tmp_path / post_gen.ANSWERS_FILE).write_text(json.dumps(answers), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    assert post_gen.main() == 0
+    after_first_run = snapshot(tmp_path)
+    assert post_gen.main() == 0
+
+    assert snapshot(tmp_path) == after_first_run
+    assert post_gen.ANSWERS_FILE not in after_first_run
+    assert list(after_first_run) == ["src/chat_service/app.py"]
