@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NamedTuple
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -80,6 +82,16 @@ def _combinations() -> list[Combination]:
 # Every combination of feature answers; the first one is the template's defaults.
 COMBINATIONS: list[Combination] = _combinations()
 DEFAULT: Combination = COMBINATIONS[0]
+
+
+def load_hook(name: str) -> ModuleType:
+    """Import hooks/<name>.py by path: the hooks are scripts the engines run, not a package."""
+    path = TEMPLATE / "hooks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class CommandFailed(AssertionError):

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from rendering import QUESTIONS, TEMPLATE
-
-
-def load_hook(name: str) -> ModuleType:
-    # The hooks are scripts the engines run by path, not a package, so load them the same way.
-    path = TEMPLATE / "hooks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from rendering import QUESTIONS, load_hook
 
 
 pre_gen = load_hook("pre_gen_project")
