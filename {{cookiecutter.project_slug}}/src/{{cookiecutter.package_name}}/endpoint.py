@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from fastapi import WebSocket
 from starlette import status
@@ -106,10 +106,15 @@ class Endpoint:
             )
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Nothing here awaits: cleanup must also complete when this task is cancelled.
             reader.cancel()
             writer.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
             self.hub.remove(connection)
+        await asyncio.wait((reader, writer))
+        for task in (reader, writer):
+            if not task.cancelled() and (error := task.exception()) is not None:
+                # A send or receive on a socket the client already dropped: expected, quiet.
+                logger.debug("%s ended by %r", task.get_name(), error)
         if connection.close_code is not None:
             await self._close(websocket, connection.close_code, connection.close_reason)
 
@@ -155,7 +160,7 @@ class Endpoint:
                 return
 
 
-def _size(event: dict[str, object]) -> int:
+def _size(event: Mapping[str, object]) -> int:
     """Bytes in a frame; the UTF-8 length is computed only when it could matter."""
     text = event.get("text")
     if isinstance(text, str):

@@ -1,0 +1,189 @@
+"""The WebSocket endpoint in-process: lifecycle, protocol errors and abuse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette import status
+from starlette.testclient import WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.protocol import Message, Protocol
+from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
+
+
+def receive(ws: WebSocketTestSession) -> dict[str, Any]:
+    frame: dict[str, Any] = ws.receive_json()
+    return frame
+
+
+def welcomed(ws: WebSocketTestSession) -> dict[str, Any]:
+    frame = receive(ws)
+    assert frame["type"] == "welcome", frame
+    return frame
+
+
+def hub_of(client: TestClient) -> Hub:
+    hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
+    return hub
+
+
+def test_welcome_names_the_connection_and_its_rooms(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        frame = welcomed(ws)
+        assert frame["connection"].startswith("c")
+        assert frame["user"] == "anonymous"
+        assert frame["rooms"] == ["lobby"]
+
+
+def test_a_publish_reaches_every_client_and_the_sender(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as alice, client.websocket_connect("/ws") as bob:
+        welcomed(alice)
+        welcomed(bob)
+        alice.send_json({"type": "publish", "data": {"text": "hi"}})
+        expected = {
+            "type": "message",
+            "room": "lobby",
+            "sender": "anonymous",
+            "data": {"text": "hi"},
+        }
+        assert receive(bob) == expected
+        assert receive(alice) == expected
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{oops", "invalid_json"),
+        ('"just a string"', "invalid_message"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "publish", "data": 1, "colour": "red"}', "invalid_fields"),
+        ('{"type": "publish", "room": "elsewhere", "data": 1}', "not_a_member"),
+    ],
+)
+def test_a_bad_frame_gets_an_error_and_the_connection_lives_on(
+    client: TestClient, frame: str, code: str
+) -> None:
+    with client.websocket_connect("/ws") as ws:
+        welcomed(ws)
+        ws.send_text(frame)
+        error = receive(ws)
+        assert error["type"] == "error"
+        assert error["code"] == code
+        assert error["detail"]
+        ws.send_json({"type": "publish", "data": "still here"})
+        assert receive(ws)["data"] == "still here"
+
+
+def test_a_binary_frame_gets_an_error_and_the_connection_lives_on(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        welcomed(ws)
+        ws.send_bytes(b'{"type": "publish", "data": 1}')
+        assert receive(ws)["code"] == "binary_not_supported"
+        ws.send_json({"type": "publish", "data": 2})
+        assert receive(ws)["data"] == 2
+
+
+def limited_client(**hub: Any) -> TestClient:
+    return TestClient(create_app(Settings(hub=HubSettings(**hub))))
+
+
+def test_an_oversized_frame_closes_with_1009() -> None:
+    with limited_client(max_message_bytes=1024) as client, client.websocket_connect("/ws") as ws:
+        welcomed(ws)
+        ws.send_json({"type": "publish", "data": "é" * 600})  # 1,200 bytes, 600 characters
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive(ws)
+        assert closed.value.code == status.WS_1009_MESSAGE_TOO_BIG
+        assert len(hub_of(client)) == 0
+
+
+def read_until_closed(ws: WebSocketTestSession) -> tuple[list[Any], int]:
+    """The data of every message frame until the server closes, and the close code."""
+    received: list[Any] = []
+    while True:
+        try:
+            frame = receive(ws)
+        except WebSocketDisconnect as closed:
+            return received, closed.code
+        received.append(frame["data"])
+
+
+def test_a_flood_closes_with_1008() -> None:
+    with limited_client(rate_per_second=1, rate_burst=5) as client:
+        with client.websocket_connect("/ws") as ws:
+            welcomed(ws)
+            for n in range(6):
+                ws.send_json({"type": "publish", "data": n})
+            received, code = read_until_closed(ws)
+        assert code == status.WS_1008_POLICY_VIOLATION
+        assert received == [0, 1, 2, 3, 4], "the burst is served, the frame past it is not"
+
+
+class Boom(Message):
+    type: str
+
+
+async def explode(connection: Connection, message: Boom) -> None:
+    raise RuntimeError("a bug in a handler")
+
+
+@pytest.fixture
+def exploding_client() -> Iterator[TestClient]:
+    app = create_app(Settings())
+    protocol: Protocol = app.state.protocol
+    protocol.on("boom", Boom, explode)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_server_error_closes_with_1011_and_cleans_up(exploding_client: TestClient) -> None:
+    with exploding_client.websocket_connect("/ws") as ws:
+        welcomed(ws)
+        ws.send_json({"type": "boom"})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive(ws)
+        assert closed.value.code == status.WS_1011_INTERNAL_ERROR
+    hub = hub_of(exploding_client)
+    assert len(hub) == 0
+    assert hub.rooms == {}
+
+
+def test_a_client_that_leaves_is_removed_with_its_rooms(client: TestClient) -> None:
+    hub = hub_of(client)
+    with client.websocket_connect("/ws") as ws:
+        welcomed(ws)
+        assert len(hub) == 1
+        assert hub.rooms == {"lobby": 1}
+    with client.websocket_connect("/ws") as ws:
+        welcomed(ws)  # the first connection's handler has finished by the time this one is in
+        assert len(hub) == 1
+    assert hub.rooms == {}
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+
+
+def test_readiness_fails_when_a_check_fails(client: TestClient) -> None:
+    client.app.state.readiness.add_check("redis", lambda: False)  # type: ignore[attr-defined]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"] is False
+
+
+def test_the_demo_page_and_its_client_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "/static/client.js" in page.text
+    script = client.get("/static/client.js")
+    assert script.status_code == 200
+    assert "class RealtimeClient" in script.text

@@ -1,0 +1,109 @@
+"""The Hub and its connections, driven directly: outboxes, the slow-consumer policy, rooms."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette import status
+
+from {{ cookiecutter.package_name }}.hub import Connection, ConnectionState, Hub, SlowConsumerPolicy
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """Stands in for a socket: records frames, or blocks forever like a client that never reads."""
+
+    def __init__(self, *, stalled: bool = False) -> None:
+        self.frames: list[str] = []
+        self.stalled = stalled
+
+    async def send_text(self, frame: str) -> None:
+        if self.stalled:
+            await asyncio.Event().wait()
+        self.frames.append(frame)
+
+
+def connect(
+    hub: Hub,
+    recorder: Recorder,
+    *,
+    limit: int = 8,
+    policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
+) -> Connection:
+    connection = Connection(recorder.send_text, user="u", outbox_limit=limit, policy=policy)
+    hub.add(connection)
+    hub.join(connection, "r")
+    connection.start_writer()
+    return connection
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_broadcast_reaches_every_member_in_order() -> None:
+    hub = Hub()
+    recorders = [Recorder() for _ in range(3)]
+    connections = [connect(hub, recorder) for recorder in recorders]
+    for n in range(5):
+        assert hub.deliver("r", f"m{n}") == 3
+    await settle()
+    for recorder in recorders:
+        assert recorder.frames == [f"m{n}" for n in range(5)]
+    hub.close_all(status.WS_1001_GOING_AWAY)
+    assert all(c.state is ConnectionState.CLOSING for c in connections)
+
+
+async def test_a_stalled_client_does_not_hold_up_the_others_and_is_closed_on_overflow() -> None:
+    hub = Hub()
+    healthy = Recorder()
+    stalled = Recorder(stalled=True)
+    connect(hub, healthy, limit=4)
+    slow = connect(hub, stalled, limit=4)
+    for n in range(10):
+        hub.deliver("r", f"m{n}")
+        await settle()
+    assert healthy.frames == [f"m{n}" for n in range(10)]
+    assert slow.state is ConnectionState.CLOSING
+    assert slow.close_code == status.WS_1013_TRY_AGAIN_LATER
+    assert slow.pending == 0, "a condemned connection's outbox is released"
+
+
+async def test_the_drop_policy_keeps_a_slow_client_and_skips_what_does_not_fit() -> None:
+    hub = Hub()
+    slow = connect(hub, Recorder(stalled=True), limit=2, policy=SlowConsumerPolicy.DROP)
+    assert hub.deliver("r", "first") == 1
+    await settle()  # the writer takes it and gets stuck sending it
+    delivered = [hub.deliver("r", f"m{n}") for n in range(4)]
+    assert slow.state is ConnectionState.OPEN
+    assert delivered == [1, 1, 0, 0], "two fit in the outbox, the rest are skipped"
+    assert slow.pending == 2
+
+
+async def test_rooms_exist_only_while_they_have_members() -> None:
+    hub = Hub()
+    connection = connect(hub, Recorder())
+    hub.join(connection, "s")
+    assert hub.rooms == {"r": 1, "s": 1}
+    assert hub.leave(connection, "s") is True
+    assert hub.leave(connection, "s") is False
+    assert hub.rooms == {"r": 1}
+    hub.remove(connection)
+    assert hub.rooms == {}
+    assert len(hub) == 0
+    assert connection.state is ConnectionState.CLOSED
+    assert connection.offer("late") is False
+
+
+async def test_delivery_to_an_empty_room_reaches_nobody() -> None:
+    assert Hub().deliver("nowhere", "m") == 0
+
+
+async def test_a_writer_starts_once() -> None:
+    connection = connect(Hub(), Recorder())
+    with pytest.raises(RuntimeError, match="Expected no writer"):
+        connection.start_writer()
+    connection.close(status.WS_1000_NORMAL_CLOSURE)
