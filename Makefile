@@ -5,7 +5,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BUILD := build
-export UV_CACHE_DIR := $(abspath $(BUILD)/uv-cache)
 UV := $(abspath $(BIN)/uv)
 
 # The demo is the template's default answers, rendered by cookiecutter.

@@ -24,9 +24,6 @@ from typing import NamedTuple
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 
-# The shared download cache for every project's environment: installing is the expensive part
-# of the matrix, and each combination still gets its own fresh virtualenv.
-UV_CACHE_DIR = Path(os.environ.get("UV_CACHE_DIR", TEMPLATE / "build" / "uv-cache"))
 
 # What a fresh copy of the template leaves out: version control and local build products.
 NOT_TEMPLATE = (".git", ".venv", "build", "__pycache__", ".pytest_cache", ".mypy_cache",
@@ -168,10 +165,12 @@ def uv_executable() -> str:
 
 
 def uv_environment() -> dict[str, str]:
+    # uv's one download cache (UV_CACHE_DIR, or ~/.cache/uv) is shared by every project's
+    # install: installing is the expensive part of the matrix, and each combination still
+    # gets its own fresh virtualenv.
     env = dict(os.environ)
     # The project's own environment, not whichever one runs the tests.
     env.pop("VIRTUAL_ENV", None)
-    env["UV_CACHE_DIR"] = str(UV_CACHE_DIR)
     # Use the machine's python3; never download an interpreter.
     env["UV_PYTHON_DOWNLOADS"] = "never"
     env["UV_NO_PROGRESS"] = "1"
