@@ -26,8 +26,15 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 
 
 # What a fresh copy of the template leaves out: version control and local build products.
-NOT_TEMPLATE = (".git", ".venv", "build", "__pycache__", ".pytest_cache", ".mypy_cache",
-                ".ruff_cache")
+NOT_TEMPLATE = (
+    ".git",
+    ".venv",
+    "build",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+)
 
 
 def _public_questions() -> dict[str, object]:
@@ -85,7 +92,8 @@ def load_hook(name: str) -> ModuleType:
     """Import hooks/<name>.py by path: the hooks are scripts the engines run, not a package."""
     path = TEMPLATE / "hooks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -95,13 +103,24 @@ class CommandFailed(AssertionError):
     """A command exited non-zero; the message carries its whole output, for the test report."""
 
 
-def run(args: Sequence[str | Path], cwd: Path, *, timeout: float = 900,
-        env: Mapping[str, str] | None = None) -> str:
+def run(
+    args: Sequence[str | Path],
+    cwd: Path,
+    *,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run a command, return its output (stdout and stderr merged) or raise CommandFailed."""
     command = [str(arg) for arg in args]
     result = subprocess.run(
-        command, cwd=cwd, env=dict(env) if env is not None else None, timeout=timeout,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        command,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
         check=False,
     )
     if result.returncode != 0:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from rendering import QUESTIONS, load_hook
 
-
 pre_gen = load_hook("pre_gen_project")
 post_gen = load_hook("post_gen_project")
 

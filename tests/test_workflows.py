@@ -18,7 +18,7 @@ def tool(name: str, how_to_get_it: str) -> str:
 
 
 def actionlint(*workflows: Path) -> None:
-    command = [
+    command: list[str | Path] = [
         tool("actionlint", "`pip install -r requirements-dev.txt` installs it"),
         # actionlint checks the shell in `run:` steps with shellcheck, when it can find it.
         f"-shellcheck={tool('shellcheck', '`apt-get install shellcheck` installs it')}",
