@@ -34,7 +34,10 @@ DEFAULT_ROOM = "lobby"
 
 
 class ErrorCode(enum.StrEnum):
-    """The `code` of an error frame. Clients may rely on these staying stable."""
+    """The `code` of an error frame. Clients may rely on these staying stable.
+
+    A feature adds its own codes the same way (a StrEnum of its own), next to its handlers.
+    """
 
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
@@ -42,14 +45,12 @@ class ErrorCode(enum.StrEnum):
     INVALID_FIELDS = "invalid_fields"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     NOT_A_MEMBER = "not_a_member"
-    INVALID_ROOM = "invalid_room"
-    TOO_MANY_ROOMS = "too_many_rooms"
 
 
 class ProtocolError(Exception):
     """A client mistake: answered with an error frame, never a crash."""
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -84,8 +85,8 @@ def encode(payload: dict[str, object]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def error_frame(code: ErrorCode, detail: str) -> str:
-    return encode({"type": "error", "code": code.value, "detail": detail})
+def error_frame(code: str, detail: str) -> str:
+    return encode({"type": "error", "code": str(code), "detail": detail})
 
 
 class Protocol:

@@ -9,6 +9,7 @@ Hub, which frees a room when its last member leaves or disconnects.
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Literal
 
@@ -27,7 +28,12 @@ from .protocol import (
     error_frame,
 )
 
-__all__ = ["Join", "Leave", "RoomSettings", "Rooms"]
+__all__ = ["Join", "Leave", "RoomErrorCode", "RoomSettings", "Rooms"]
+
+
+class RoomErrorCode(enum.StrEnum):
+    INVALID_ROOM = "invalid_room"
+    TOO_MANY_ROOMS = "too_many_rooms"
 
 
 class RoomSettings(BaseSettings):
@@ -82,10 +88,10 @@ class Rooms:
         limit = self.settings.max_name_length
         if not 0 < len(room) <= limit or not self._name.fullmatch(room):
             raise ProtocolError(
-                ErrorCode.INVALID_ROOM,
+                RoomErrorCode.INVALID_ROOM,
                 f"room names are 1-{limit} characters matching {self.settings.name_pattern}",
             )
         cap = self.settings.max_rooms_per_connection
         if room not in connection.rooms and len(connection.rooms) >= cap:
-            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")
+            raise ProtocolError(RoomErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")
         self.hub.join(connection, room)
