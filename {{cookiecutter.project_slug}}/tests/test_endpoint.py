@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette import status
-from starlette.testclient import WebSocketTestSession
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
 from {{ cookiecutter.package_name }}.protocol import Message, Protocol
 from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
@@ -187,3 +188,20 @@ def test_the_demo_page_and_its_client_are_served(client: TestClient) -> None:
     script = client.get("/static/client.js")
     assert script.status_code == 200
     assert "class RealtimeClient" in script.text
+
+
+async def refuse(websocket: WebSocket) -> str:
+    raise HandshakeRefused(403, "origin not allowed")
+
+
+def test_a_refused_handshake_is_an_http_response_and_nothing_is_accepted() -> None:
+    app = create_app(Settings())
+    hub: Hub = app.state.hub
+    app.router.routes.clear()
+    app.add_api_websocket_route("/ws", Endpoint(hub, Protocol(), HubSettings(), identify=refuse))
+    with TestClient(app) as client:
+        with pytest.raises(WebSocketDenialResponse) as refused:
+            client.websocket_connect("/ws").__enter__()
+        assert refused.value.status_code == 403
+        assert refused.value.text == "origin not allowed"
+    assert len(hub) == 0
