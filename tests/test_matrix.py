@@ -12,7 +12,6 @@ import pytest
 from rendering import (
     COMBINATIONS,
     DEFAULT,
-    TEMPLATE,
     Combination,
     CommandFailed,
     install,
@@ -29,10 +28,6 @@ CHECKS: list[list[str]] = [
     ["pytest", "-q", "-p", "no:cacheprovider"],
 ]
 
-# pre-commit keeps the hook environments it builds here, shared by every run.
-PRE_COMMIT_HOME = TEMPLATE / "build" / "pre-commit-cache"
-
-
 def project_environment(bin_dir: Path) -> dict[str, str]:
     """The environment a developer has after activating the project's virtualenv."""
     env = {
@@ -43,7 +38,6 @@ def project_environment(bin_dir: Path) -> dict[str, str]:
     }
     env["VIRTUAL_ENV"] = str(bin_dir.parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    env["PRE_COMMIT_HOME"] = str(PRE_COMMIT_HOME)
     return env
 
 
