@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from rendering import (
@@ -43,17 +45,40 @@ def text(content: bytes) -> str | None:
         return None
 
 
+class Rendered(NamedTuple):
+    combination: Combination
+    by_cookiecutter: Path
+    by_copier: Path
+
+
+@pytest.fixture(scope="module")
+def render_once(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Combination], Rendered]:
+    """Render each combination once per test process: the checks below only read the trees."""
+    cache: dict[str, Rendered] = {}
+
+    def render(combination: Combination) -> Rendered:
+        if combination.id not in cache:
+            base = tmp_path_factory.mktemp(combination.id)
+            cache[combination.id] = Rendered(
+                combination,
+                render_cookiecutter(combination.answers, base / "cookiecutter"),
+                render_copier(combination.answers, base / "copier"),
+            )
+        return cache[combination.id]
+
+    return render
+
+
 @pytest.fixture(params=COMBINATIONS, ids=lambda combination: combination.id)
-def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path]:
+def rendered(
+    request: pytest.FixtureRequest, render_once: Callable[[Combination], Rendered]
+) -> Rendered:
     """The combination rendered by cookiecutter and by copier."""
-    combination: Combination = request.param
-    by_cookiecutter = render_cookiecutter(combination.answers, tmp_path / "cookiecutter")
-    by_copier = render_copier(combination.answers, tmp_path / "copier")
-    return by_cookiecutter, by_copier
+    return render_once(request.param)
 
 
-def test_both_engines_render_identical_trees(rendered: tuple[Path, Path]) -> None:
-    by_cookiecutter, by_copier = files(rendered[0]), files(rendered[1])
+def test_both_engines_render_identical_trees(rendered: Rendered) -> None:
+    by_cookiecutter, by_copier = files(rendered.by_cookiecutter), files(rendered.by_copier)
     assert COPIER_ANSWERS_FILE in by_copier, "copier update needs the answers file"
     del by_copier[COPIER_ANSWERS_FILE]
 
@@ -62,9 +87,9 @@ def test_both_engines_render_identical_trees(rendered: tuple[Path, Path]) -> Non
     assert differing == []
 
 
-def test_no_template_syntax_is_left(rendered: tuple[Path, Path]) -> None:
+def test_no_template_syntax_is_left(rendered: Rendered) -> None:
     leftovers = []
-    for root in rendered:
+    for root in (rendered.by_cookiecutter, rendered.by_copier):
         for name, content in files(root).items():
             body = text(content)
             if body is None:
@@ -78,8 +103,8 @@ def test_no_template_syntax_is_left(rendered: tuple[Path, Path]) -> None:
     assert leftovers == []
 
 
-def test_the_hooks_answers_file_is_gone(rendered: tuple[Path, Path]) -> None:
-    for root in rendered:
+def test_the_hooks_answers_file_is_gone(rendered: Rendered) -> None:
+    for root in (rendered.by_cookiecutter, rendered.by_copier):
         assert not (root / post_gen.ANSWERS_FILE).exists()
 
 
@@ -88,12 +113,9 @@ def package_name(project: Path) -> str:
     return package
 
 
-@pytest.mark.parametrize("combination", COMBINATIONS, ids=lambda combination: combination.id)
-def test_exactly_the_unchosen_features_files_are_pruned(
-    combination: Combination, tmp_path: Path
-) -> None:
-    project = render_cookiecutter(combination.answers, tmp_path)
-    answers = {**QUESTIONS, **combination.answers, "package_name": package_name(project)}
+def test_exactly_the_unchosen_features_files_are_pruned(rendered: Rendered) -> None:
+    project = rendered.by_cookiecutter
+    answers = {**QUESTIONS, **rendered.combination.answers, "package_name": package_name(project)}
     wrong = []
     for feature, paths in post_gen.MANIFEST.items():
         chosen = post_gen.is_chosen(feature, answers)
@@ -105,8 +127,8 @@ def test_exactly_the_unchosen_features_files_are_pruned(
     assert wrong == []
 
 
-def test_every_python_file_compiles(rendered: tuple[Path, Path]) -> None:
-    project = rendered[0]
+def test_every_python_file_compiles(rendered: Rendered) -> None:
+    project = rendered.by_cookiecutter
     for path in sorted(project.rglob("*.py")):
         # compile() raises SyntaxError naming the file and line.
         compile(path.read_text("utf-8"), str(path), "exec")

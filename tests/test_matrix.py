@@ -28,6 +28,7 @@ CHECKS: list[list[str]] = [
     ["pytest", "-q", "-p", "no:cacheprovider"],
 ]
 
+
 def project_environment(bin_dir: Path) -> dict[str, str]:
     """The environment a developer has after activating the project's virtualenv."""
     env = {
