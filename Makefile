@@ -14,8 +14,9 @@ DEMO_PACKAGE := realtime_service
 DEMO_HOST := 127.0.0.1
 DEMO_PORT := 8000
 
-# Two workers; worksteal evens out combinations that take different times.
-PYTEST_ARGS ?= -n 2 --dist worksteal
+# Two workers; worksteal evens out combinations that take different times; -v names every
+# combination in the output.
+PYTEST_ARGS ?= -n 2 --dist worksteal -v
 
 .PHONY: test demo clean
 
