@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from {{ cookiecutter.package_name }}.heartbeat import HEARTBEAT_TIMEOUT, HeartbeatSettings
+from {{ cookiecutter.package_name }}.heartbeat import HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatSettings
+from {{ cookiecutter.package_name }}.hub import Connection, Hub
 
 from .conftest import Server, StartServer
 
@@ -102,3 +103,24 @@ def test_intervals_must_be_positive(field: str, value: float) -> None:
 def test_the_defaults() -> None:
     settings = HeartbeatSettings()
     assert (settings.interval_seconds, settings.timeout_seconds) == (20.0, 20.0)
+
+
+@pytest.mark.anyio
+async def test_one_tick_closes_the_silent_and_pings_the_rest() -> None:
+    async def send(text: str) -> None:
+        return None
+
+    hub = Hub()
+    silent, on_time, lively = (Connection(send, user="u", outbox_limit=4) for _ in range(3))
+    for connection in (silent, on_time, lively):
+        hub.add(connection)
+    heartbeat = Heartbeat(hub, HeartbeatSettings(interval_seconds=1, timeout_seconds=2))
+    now = lively.last_seen + 10
+    lively.last_seen = now - 0.5
+    on_time.last_seen = now - 3  # exactly interval + timeout: still in time
+    silent.last_seen = now - 3.01
+    assert heartbeat.tick(now) == 1
+    assert (silent.close_code, silent.close_reason) == (HEARTBEAT_TIMEOUT, "heartbeat timeout")
+    assert on_time.close_code is None
+    assert lively.close_code is None
+    assert (silent.pending, on_time.pending, lively.pending) == (0, 1, 1)
