@@ -24,6 +24,10 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/rooms.py",
         "tests/test_rooms.py",
     ),
+    "use_heartbeats": (
+        "src/{package_name}/heartbeat.py",
+        "tests/test_heartbeat.py",
+    ),
 }
 
 

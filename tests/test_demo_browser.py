@@ -1,5 +1,5 @@
 """The demo page in a real headless Chromium: it connects, shows broadcasts, reconnects after a
-server restart by itself, and keeps rooms apart.
+server restart by itself, keeps rooms apart, answers heartbeats and gives up on a silent server.
 
 The project is rendered with the default answers and installed once for the module; each test
 gets its own server process on a free loopback port. The browser is Debian's chromium, driven
@@ -58,9 +58,16 @@ class InstalledProject:
 class DemoServer:
     """`python -m <package>` in a subprocess, on a fixed port so a restart reuses it."""
 
-    def __init__(self, project: InstalledProject, port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        project: InstalledProject,
+        port: int,
+        workdir: Path,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.project = project
         self.port = port
+        self.environment = environment or {}
         # An empty folder, so no stray .env file changes the settings.
         self.workdir = workdir
         self.log = workdir.parent / f"{workdir.name}.log"
@@ -75,9 +82,10 @@ class DemoServer:
             name: value
             for name, value in os.environ.items()
             # The service's own settings come from this test only.
-            if not name.startswith(("SERVER_", "HUB_", "ROOMS_"))
+            if not name.startswith(("SERVER_", "HUB_", "ROOMS_", "HEARTBEAT_"))
         }
         env |= {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        env |= self.environment
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(self.project.python), "-m", self.project.package],
@@ -159,10 +167,18 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> InstalledProject:
 
 
 @pytest.fixture
-def server(project: InstalledProject, tmp_path: Path) -> Iterator[DemoServer]:
+def server_environment() -> dict[str, str]:
+    """The service's settings for one test; a test parametrizes this to change them."""
+    return {}
+
+
+@pytest.fixture
+def server(
+    project: InstalledProject, tmp_path: Path, server_environment: dict[str, str]
+) -> Iterator[DemoServer]:
     workdir = tmp_path / "server"
     workdir.mkdir()
-    demo = DemoServer(project, free_port(), workdir)
+    demo = DemoServer(project, free_port(), workdir, server_environment)
     demo.start()
     try:
         yield demo
@@ -272,3 +288,51 @@ def test_pages_in_different_rooms_see_only_their_rooms(
     beta_seen = beta_page.locator("#messages").inner_text()
     assert beta_text not in alpha_seen, f"a page in alpha got beta's message:\n{alpha_seen}"
     assert alpha_text not in beta_seen, f"a page in beta got alpha's message:\n{beta_seen}"
+
+
+# Pings five times a second: a page that did not answer would be closed within a second.
+FAST_HEARTBEATS = {"HEARTBEAT_INTERVAL_SECONDS": "0.2", "HEARTBEAT_TIMEOUT_SECONDS": "0.3"}
+needs_heartbeats = pytest.mark.skipif(
+    not DEFAULT.answers.get("use_heartbeats"), reason="the default has no heartbeats"
+)
+
+
+def record_states(page: Page) -> None:
+    page.evaluate(
+        "window.states = [];"
+        " client.addEventListener('state', (event) => window.states.push(event.detail))"
+    )
+
+
+@needs_heartbeats
+@pytest.mark.parametrize("server_environment", [FAST_HEARTBEATS])
+def test_the_page_answers_pings_and_stays_connected(open_demo_page: Callable[[], Page]) -> None:
+    page = open_demo_page()
+    record_states(page)
+
+    page.wait_for_timeout(2_000)  # ten intervals: a page that never answered would be closed
+
+    assert page.evaluate("window.states") == [], "the connection was dropped and reopened"
+    text = unique("after-pings")
+    send(page, text)
+    expect_message(page, text)
+
+
+@needs_heartbeats
+@pytest.mark.parametrize("server_environment", [FAST_HEARTBEATS])
+def test_the_page_gives_up_on_a_silent_server_and_comes_back(
+    open_demo_page: Callable[[], Page], server: DemoServer
+) -> None:
+    page = open_demo_page()
+    page.wait_for_function("client.pinged === true")
+    assert server.process is not None
+    # A stopped process keeps its sockets open but says nothing: only the watchdog notices.
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        expect(page.locator("#status")).to_have_text("reconnecting", timeout=TIMEOUT_MS)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    expect(page.locator("#status")).to_have_text("open", timeout=RECONNECT_TIMEOUT_MS)
+    text = unique("after-silence")
+    send(page, text)
+    expect_message(page, text)

@@ -24,6 +24,14 @@ def serve(settings: Settings, *, reload: bool) -> None:
         # uvicorn then refuses larger frames itself with 1009, before they are buffered.
         ws_max_size=settings.hub.max_message_bytes,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
+{%- if cookiecutter.use_heartbeats %}
+        # No protocol-level pings: the application's heartbeat (heartbeat.py) replaces them.
+        # Its pings reach the JavaScript client, which cannot see protocol pings and so cannot
+        # tell a quiet server from a dead one, and one task pings every connection, where
+        # uvicorn keeps a timer per connection.
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+{%- endif %}
     )
 
 

@@ -12,6 +12,9 @@ from . import __version__
 from .demo import mount_demo
 from .endpoint import Endpoint, OnOpen
 from .health import Readiness, health_router
+{%- if cookiecutter.use_heartbeats %}
+from .heartbeat import Heartbeat
+{%- endif %}
 from .hub import Hub
 from .protocol import Protocol, Publish
 from .publishing import Publisher
@@ -35,10 +38,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rooms.register(protocol)
     on_open = rooms.on_open
 {%- endif %}
+    welcome: dict[str, object] = {}
+{%- if cookiecutter.use_heartbeats %}
+    heartbeat = Heartbeat(hub, settings.heartbeat)
+    heartbeat.register(protocol)
+    welcome |= heartbeat.welcome
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+{%- if cookiecutter.use_heartbeats %}
+        heartbeat.start()
+{%- endif %}
         yield
+{%- if cookiecutter.use_heartbeats %}
+        await heartbeat.stop()
+{%- endif %}
         # uvicorn has already closed its sockets with 1012; this covers other servers.
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
@@ -48,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.protocol = protocol
     app.state.readiness = readiness
-    app.add_api_websocket_route("/ws", Endpoint(hub, protocol, settings.hub, on_open=on_open))
+    app.add_api_websocket_route(
+        "/ws", Endpoint(hub, protocol, settings.hub, on_open=on_open, welcome=welcome)
+    )
     app.include_router(health_router(readiness, hub))
     mount_demo(app)
     return app

@@ -61,12 +61,15 @@ class Endpoint:
         *,
         identify: Identify = anonymous,
         on_open: OnOpen | None = None,
+        welcome: Mapping[str, object] | None = None,
     ) -> None:
         self.hub = hub
         self.protocol = protocol
         self.settings = settings
         self.identify = identify
         self.on_open = on_open or self._join_default_room
+        # Extra fields of every `welcome` frame, for features that tell clients what to expect.
+        self.welcome = dict(welcome or {})
 
     def _join_default_room(self, connection: Connection, websocket: WebSocket) -> None:
         self.hub.join(connection, DEFAULT_ROOM)
@@ -102,6 +105,7 @@ class Endpoint:
                         "user": connection.user,
                         "rooms": sorted(connection.rooms),
                     }
+                    | self.welcome
                 )
             )
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)

@@ -44,7 +44,12 @@ def health_router(readiness: Readiness, hub: Hub) -> APIRouter:
         checks = readiness.report()
         ready = all(checks.values())
         return JSONResponse(
-            {"ready": ready, "checks": checks, "connections": len(hub)},
+            {
+                "ready": ready,
+                "checks": checks,
+                "connections": len(hub),
+                "rooms": len(hub.rooms),
+            },
             status_code=200 if ready else 503,
         )
 

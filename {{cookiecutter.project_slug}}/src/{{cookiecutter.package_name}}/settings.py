@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
+{% if cookiecutter.use_heartbeats %}
+from .heartbeat import HeartbeatSettings
+{%- endif %}
 from .hub import SlowConsumerPolicy
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
@@ -61,4 +63,7 @@ class Settings(BaseModel):
     hub: HubSettings = Field(default_factory=HubSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
+{%- endif %}
+{%- if cookiecutter.use_heartbeats %}
+    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
 {%- endif %}

@@ -6,14 +6,25 @@
 // frame resets the backoff. Events: "state" (connecting | open | reconnecting | closed),
 // "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt).
 // `url` may be a function, called before every attempt (to rejoin the rooms a page is in).
+//
+// Heartbeats: a `{"type":"ping"}` from the server is answered with `{"type":"pong"}`. Once a
+// ping has been seen on a connection, a watchdog treats it as dead when the server has sent
+// nothing for `deadAfter` ms (by default the interval + timeout the `welcome` frame announces),
+// drops it without waiting for a closing handshake a dead server would never finish, and
+// reconnects with the same backoff. A server without heartbeats never pings, so it is never
+// watched.
 "use strict";
 
 class RealtimeClient extends EventTarget {
-  constructor(url, { baseDelay = 250, maxDelay = 10000 } = {}) {
+  constructor(url, { baseDelay = 250, maxDelay = 10000, deadAfter = null } = {}) {
     super();
     this.url = typeof url === "function" ? url : () => url;
     this.baseDelay = baseDelay;
     this.maxDelay = maxDelay;
+    this.deadAfter = deadAfter;
+    this.announcedDeadAfter = null;
+    this.pinged = false;
+    this.watchdog = null;
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
@@ -26,26 +37,52 @@ class RealtimeClient extends EventTarget {
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     const socket = new WebSocket(this.url());
     this.socket = socket;
+    this.pinged = false;
+    this.announcedDeadAfter = null;
     socket.addEventListener("open", () => this.setState("open"));
     socket.addEventListener("message", (event) => {
+      if (this.socket !== socket) return; // one the watchdog gave up on
       let frame;
       try {
         frame = JSON.parse(event.data);
       } catch {
         return; // the server only sends JSON; anything else is not ours to handle
       }
-      if (frame.type === "welcome") this.attempt = 0;
+      if (frame.type === "welcome") {
+        this.attempt = 0;
+        const heartbeat = frame.heartbeat;
+        if (heartbeat) this.announcedDeadAfter = (heartbeat.interval + heartbeat.timeout) * 1000;
+      } else if (frame.type === "ping") {
+        this.pinged = true;
+        this.send({ type: "pong" });
+      }
+      this.feedWatchdog(socket);
       this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
     });
     socket.addEventListener("close", () => {
       if (this.socket !== socket) return;
       this.socket = null;
+      clearTimeout(this.watchdog);
       if (this.stopped) {
         this.setState("closed");
         return;
       }
       this.scheduleReconnect();
     });
+  }
+
+  // Restart the countdown after every frame from the server, once pings are known to come.
+  feedWatchdog(socket) {
+    const limit = this.deadAfter ?? this.announcedDeadAfter;
+    if (!this.pinged || !limit) return;
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      if (this.socket !== socket) return;
+      // Forget the socket first: its close event may come much later, or never.
+      this.socket = null;
+      socket.close();
+      this.scheduleReconnect();
+    }, limit);
   }
 
   scheduleReconnect() {
@@ -67,6 +104,7 @@ class RealtimeClient extends EventTarget {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
     if (this.socket) this.socket.close(1000, "client closed");
     else this.setState("closed");
   }

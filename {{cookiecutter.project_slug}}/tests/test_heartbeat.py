@@ -1,0 +1,126 @@
+"""Heartbeats against a real server: answered pings keep a client, silence closes it with 4000."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx2
+import pytest
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from {{ cookiecutter.package_name }}.heartbeat import HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatSettings
+from {{ cookiecutter.package_name }}.hub import Connection, Hub
+
+from .conftest import Server, StartServer
+
+INTERVAL = 0.2
+TIMEOUT = 0.3
+# Generous ceilings for a loaded CI machine; the assertions are about what happens, not speed.
+PATIENCE = 10.0
+
+
+@pytest.fixture
+def server(start_server: StartServer) -> Server:
+    return start_server(
+        HEARTBEAT_INTERVAL_SECONDS=str(INTERVAL), HEARTBEAT_TIMEOUT_SECONDS=str(TIMEOUT)
+    )
+
+
+async def next_frame(ws: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=PATIENCE))
+    return frame
+
+
+async def open_client(server: Server) -> ClientConnection:
+    # No protocol-level pings from the client: only application frames may count as answers.
+    ws = await connect(server.ws_url, ping_interval=None)
+    welcome = await next_frame(ws)
+    assert welcome["type"] == "welcome"
+    assert welcome["heartbeat"] == {"interval": INTERVAL, "timeout": TIMEOUT}
+    return ws
+
+
+def readiness(server: Server) -> dict[str, Any]:
+    body: dict[str, Any] = httpx2.get(f"{server.http_url}/readyz", timeout=5).json()
+    return body
+
+
+@pytest.mark.anyio
+async def test_a_client_that_answers_pings_stays_connected(server: Server) -> None:
+    ws = await open_client(server)
+    pings = 0
+    while pings < 10:  # ten intervals: far past interval + timeout
+        frame = await next_frame(ws)
+        if frame["type"] == "ping":
+            pings += 1
+            await ws.send(json.dumps({"type": "pong"}))
+    await ws.send(json.dumps({"type": "publish", "data": "still here"}))
+    while (frame := await next_frame(ws))["type"] == "ping":
+        await ws.send(json.dumps({"type": "pong"}))
+    assert (frame["type"], frame["data"]) == ("message", "still here")
+    assert readiness(server)["connections"] == 1
+    await ws.close()
+
+
+@pytest.mark.anyio
+async def test_a_silent_client_is_closed_with_4000_and_forgotten(server: Server) -> None:
+    ws = await open_client(server)
+
+    async def read_until_closed() -> list[str]:
+        types = []
+        try:
+            while True:
+                types.append(json.loads(await ws.recv())["type"])
+        except ConnectionClosed:
+            return types
+
+    # The bound: closed by interval + timeout after the last frame, plus at most one interval
+    # for the next sweep; PATIENCE is far more than that.
+    types = await asyncio.wait_for(read_until_closed(), timeout=PATIENCE)
+    assert "ping" in types, "the server pinged before giving up"
+    assert ws.close_code == HEARTBEAT_TIMEOUT == 4000
+    assert ws.close_reason == "heartbeat timeout"
+    for _ in range(50):
+        body = readiness(server)
+        if body["connections"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert body["connections"] == 0, "the connection was removed from the hub"
+    assert body["rooms"] == 0, "and so were its rooms"
+
+
+@pytest.mark.parametrize("field", ["interval_seconds", "timeout_seconds"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_intervals_must_be_positive(field: str, value: float) -> None:
+    with pytest.raises(ValidationError):
+        HeartbeatSettings.model_validate({field: value})
+
+
+def test_the_defaults() -> None:
+    settings = HeartbeatSettings()
+    assert (settings.interval_seconds, settings.timeout_seconds) == (20.0, 20.0)
+
+
+@pytest.mark.anyio
+async def test_one_tick_closes_the_silent_and_pings_the_rest() -> None:
+    async def send(text: str) -> None:
+        return None
+
+    hub = Hub()
+    silent, on_time, lively = (Connection(send, user="u", outbox_limit=4) for _ in range(3))
+    for connection in (silent, on_time, lively):
+        hub.add(connection)
+    heartbeat = Heartbeat(hub, HeartbeatSettings(interval_seconds=1, timeout_seconds=2))
+    now = lively.last_seen + 10
+    lively.last_seen = now - 0.5
+    on_time.last_seen = now - 3  # exactly interval + timeout: still in time
+    silent.last_seen = now - 3.01
+    assert heartbeat.tick(now) == 1
+    assert (silent.close_code, silent.close_reason) == (HEARTBEAT_TIMEOUT, "heartbeat timeout")
+    assert on_time.close_code is None
+    assert lively.close_code is None
+    assert (silent.pending, on_time.pending, lively.pending) == (0, 1, 1)
