@@ -39,6 +39,9 @@ TOOLS = Path(sys.executable).parent
 TEMPLATE_CHANGE = "This line was added to the template between v1 and v2."
 MODULE_CHANGE = "# Added to the template between v1 and v2."
 CHANGED_MODULE = "src/{package_name}/hub.py"
+# The one toggle that pays for an install: rooms touch the most seams (app wiring, settings,
+# README, demo page). The other toggles equal a fresh generation, which test_matrix checks.
+CHECKED_TOGGLE = "use_rooms"
 # The user's own edit, near the top of the README, far from the template's change at its end.
 USER_EDIT = "A paragraph the service's developers wrote themselves."
 
@@ -89,7 +92,8 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     readme = repo / PROJECT / "README.md"
     readme.write_text(readme.read_text("utf-8") + f"\n{TEMPLATE_CHANGE}\n", "utf-8")
     module = repo / PROJECT / CHANGED_MODULE.format(package_name="{{cookiecutter.package_name}}")
-    module.write_text(module.read_text("utf-8") + f"\n{MODULE_CHANGE}\n", "utf-8")
+    # At the top: ruff format wants two blank lines before a comment that follows a function.
+    module.write_text(f"{MODULE_CHANGE}\n" + module.read_text("utf-8"), "utf-8")
     commit_all(repo, "v2: a visible change")
     git(repo, "tag", "v2")
     return repo
@@ -237,9 +241,59 @@ def test_turning_a_feature_on_and_off_equals_a_fresh_generation(
         commit_all(project, f"{feature}={answer}")
 
 
-# The one toggle that pays for an install: rooms touch the most seams (app wiring, settings,
-# README, demo page). The other toggles equal a fresh generation, which test_matrix checks.
-CHECKED_TOGGLE = "use_rooms"
+def test_turning_a_feature_off_deletes_its_files_even_when_edited(
+    template_repo: Path, tmp_path: Path
+) -> None:
+    """What the README warns about: the feature's own files go, the user's edits to them
+    included (git history keeps them), while edits elsewhere are kept."""
+    feature = CHECKED_TOGGLE
+    project = copier_copy(template_repo, "v2", {feature: True}, tmp_path / "project")
+    start_repository(project)
+    edit_readme(project)
+    package = package_of(project)
+    feature_files = [path.format(package_name=package) for path in post_gen.MANIFEST[feature]]
+    for path in feature_files:
+        with (project / path).open("a", encoding="utf-8") as edited:
+            edited.write("# Our own addition.\n")
+    commit_all(project, "Our own edits")
+
+    copier_update(project, "v2", {feature: False})
+
+    assert merge_leftovers(project) == []
+    assert [path for path in feature_files if (project / path).exists()] == []
+    fresh = copier_copy(template_repo, "v2", {feature: False}, tmp_path / "fresh")
+    edit_readme(fresh)
+    assert_same_tree(project, fresh)
+
+
+def test_the_hooks_stay_offline_and_never_prompt() -> None:
+    """They run up to three times per `copier update` and inside cruft's temporary renders: they
+    may read files and arguments, never the network or the terminal."""
+    import ast
+
+    network_or_terminal = {
+        "asyncio", "ftplib", "getpass", "http", "httpx", "requests", "smtplib", "socket",
+        "ssl", "urllib", "urllib3", "webbrowser",
+    }  # fmt: skip
+    for hook in sorted((TEMPLATE / "hooks").glob("*.py")):
+        tree_ = ast.parse(hook.read_text("utf-8"))
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree_)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(tree_)
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert not imported & network_or_terminal, f"{hook.name} imports {imported}"
+        called = {
+            node.func.id
+            for node in ast.walk(tree_)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert "input" not in called, f"{hook.name} prompts"
 
 
 @pytest.mark.matrix
@@ -278,7 +332,8 @@ def cruft(project_or_parent: Path, *args: str, check: bool = True) -> subprocess
         check=False,
     )
     if check and result.returncode != 0:
-        raise CommandFailed(f"`cruft {' '.join(args)}` exited {result.returncode}:\n{result.stdout}")
+        command = " ".join(["cruft", *args])
+        raise CommandFailed(f"`{command}` exited {result.returncode}:\n{result.stdout}")
     return result
 
 
@@ -327,7 +382,7 @@ def test_cruft_turns_a_feature_on_and_off(template_repo: Path, tmp_path: Path) -
 
 
 def cookiecutter_at(template: Path, ref: str, answers: Mapping[str, object], output: Path) -> Path:
-    """`cookiecutter TEMPLATE --checkout REF --no-input ANSWERS...`: plain cookiecutter, no cruft."""
+    """`cookiecutter TEMPLATE --checkout REF --no-input ...`: plain cookiecutter, no cruft."""
     from cookiecutter.main import cookiecutter
 
     clone = output.parent / f"template-at-{ref}"
