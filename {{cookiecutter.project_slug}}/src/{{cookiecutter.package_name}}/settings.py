@@ -12,6 +12,9 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hub import SlowConsumerPolicy
+{%- if cookiecutter.use_redis %}
+from .redis_broker import RedisSettings
+{%- endif %}
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
 {%- endif %}
@@ -61,4 +64,7 @@ class Settings(BaseModel):
     hub: HubSettings = Field(default_factory=HubSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    redis: RedisSettings = Field(default_factory=RedisSettings)
 {%- endif %}
