@@ -153,7 +153,7 @@ class RedisBroker(Broker):
             pubsub = self._redis.pubsub()
             delay = self._backoff(failures)
             try:
-                await pubsub.connect()
+                await pubsub.connect()  # type: ignore[no-untyped-call]
                 failures = 0
                 await self._serve(pubsub)
             except (RedisError, OSError) as error:
@@ -171,7 +171,7 @@ class RedisBroker(Broker):
                 self._connected = False
                 self._confirmed.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
 
     def _backoff(self, failures: int) -> float:
