@@ -53,8 +53,11 @@ class RedisServer:
         if self._binary is not None:
             with (self.workdir / f"redis-{self.port}.log").open("ab") as log:
                 self._process = subprocess.Popen(
-                    [self._binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-                    + ["--save", "", "--appendonly", "no"],
+                    [
+                        self._binary,
+                        *("--port", str(self.port), "--bind", "127.0.0.1"),
+                        *("--save", "", "--appendonly", "no"),
+                    ],
                     cwd=self.workdir,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -74,8 +74,8 @@ def wait_for_readiness(server: Server, status: int, attempts: int = 200) -> dict
     raise AssertionError(f"/readyz never answered {status}:\n{server.output()}")
 
 
-async def next_frame(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
+async def next_frame(ws: ClientConnection, seconds: float = 10) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=seconds))
     return frame
 
 
@@ -235,11 +235,11 @@ async def test_delivery_resumes_after_redis_restarts_under_traffic(
 
     async def read_replies() -> None:
         while True:
-            replies.append(await next_frame(sender, timeout=60))
+            replies.append(await next_frame(sender, seconds=60))
 
     async def listen(ws: ClientConnection, into: list[int]) -> None:
         while True:
-            into.append((await next_frame(ws, timeout=60))["data"])
+            into.append((await next_frame(ws, seconds=60))["data"])
 
     async def until(condition: Any, what: str, attempts: int = 300) -> None:
         for _ in range(attempts):
@@ -249,7 +249,8 @@ async def test_delivery_resumes_after_redis_restarts_under_traffic(
         raise AssertionError(f"timed out waiting until {what}")
 
     tasks = [asyncio.create_task(traffic()), asyncio.create_task(read_replies())]
-    tasks += [asyncio.create_task(listen(ws, into)) for ws, into in zip(listeners, heard)]
+    pairs = zip(listeners, heard, strict=True)
+    tasks += [asyncio.create_task(listen(ws, into)) for ws, into in pairs]
     try:
         await until(lambda: all(len(into) >= 5 for into in heard), "traffic flows")
 

@@ -101,8 +101,11 @@ class RedisBroker(Broker):
         self._wanted: set[str] = set()
         self._confirmed: set[str] = set()
         self._confirmation: dict[str, asyncio.Event] = {}
+        # Frames published here whose echo from Redis has not arrived yet, by room.
+        self._echoes: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
         self._changed = asyncio.Event()
         self._connected = False
+        self._first_attempt = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
     @property
@@ -113,6 +116,9 @@ class RedisBroker(Broker):
         if self._listener is not None:
             raise RuntimeError(f"Expected no listener, got {self._listener!r}")
         self._listener = asyncio.create_task(self._listen(), name="redis-listener")
+        # One attempt, so that a service whose Redis is up takes traffic as soon as it starts;
+        # it starts either way, not ready, and keeps trying.
+        await self._first_attempt.wait()
 
     async def publish(self, room: str, frame: str) -> None:
         if not self._connected:
@@ -125,10 +131,24 @@ class RedisBroker(Broker):
                 await asyncio.wait_for(event.wait(), self.settings.publish_timeout_seconds)
             except TimeoutError:
                 raise BrokerUnavailable(f"Redis did not confirm room {room!r}") from None
+        # Returning once the frame is back from Redis, in this process's hub, keeps the local
+        # shape: a sender's next frame is handled after its previous message was delivered.
+        echo = (frame, asyncio.get_running_loop().create_future())
+        waiting = self._echoes.setdefault(room, [])
+        waiting.append(echo)
         try:
             await self._redis.publish(self._prefix + room, frame)
+            # Past the timeout Redis has the message but this process has not heard it back
+            # (the listener is reconnecting): it was published all the same.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(echo[1], self.settings.publish_timeout_seconds)
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(f"Redis refused the message: {error}") from None
+        finally:
+            if echo in waiting:
+                waiting.remove(echo)
+            if not waiting:
+                self._echoes.pop(room, None)
 
     def subscribe(self, room: str) -> None:
         self._wanted.add(room)
@@ -157,6 +177,7 @@ class RedisBroker(Broker):
                 failures = 0
                 await self._serve(pubsub)
             except (RedisError, OSError) as error:
+                self._first_attempt.set()
                 delay = self._backoff(failures)
                 logger.warning(
                     "redis unreachable at %s: %s; retrying in %.1fs",
@@ -165,6 +186,7 @@ class RedisBroker(Broker):
                     delay,
                 )
             except Exception:
+                self._first_attempt.set()
                 logger.exception("redis listener failed; retrying in %.1fs", delay)
             finally:
                 failures += 1
@@ -173,6 +195,16 @@ class RedisBroker(Broker):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _heard(waiting: list[tuple[str, asyncio.Future[None]]], frame: str) -> None:
+        """Release the publish waiting for this frame's echo, the oldest if several are."""
+        for index, (published, done) in enumerate(waiting):
+            if published == frame:
+                del waiting[index]
+                if not done.done():
+                    done.set_result(None)
+                return
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter: between half the delay and all of it."""
@@ -216,6 +248,7 @@ class RedisBroker(Broker):
             subscribed = wanted
             if not self._connected:
                 self._connected = True
+                self._first_attempt.set()
                 logger.info(
                     "redis connected at %s; listening to %d rooms",
                     redacted(self.settings.url),
@@ -233,7 +266,10 @@ class RedisBroker(Broker):
             room = channel[len(self._prefix) :]
             kind = message["type"]
             if kind == "message":
-                self.hub.deliver(room, message["data"])
+                frame = message["data"]
+                self.hub.deliver(room, frame)
+                if waiting := self._echoes.get(room):
+                    self._heard(waiting, frame)
             elif kind == "subscribe":
                 self._confirmed.add(room)
                 if (event := self._confirmation.pop(room, None)) is not None:
