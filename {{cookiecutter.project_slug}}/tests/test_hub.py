@@ -107,3 +107,17 @@ async def test_a_writer_starts_once() -> None:
     with pytest.raises(RuntimeError, match="Expected no writer"):
         connection.start_writer()
     connection.close(status.WS_1000_NORMAL_CLOSURE)
+
+
+async def test_the_hub_says_when_a_room_gets_its_first_member_and_loses_its_last() -> None:
+    hub = Hub()
+    events: list[str] = []
+    hub.on_room_opened = lambda room: events.append(f"+{room}")
+    hub.on_room_closed = lambda room: events.append(f"-{room}")
+    first, second = connect(hub, Recorder()), connect(hub, Recorder())
+    hub.join(first, "other")
+    hub.leave(first, "r")
+    hub.close_all(status.WS_1001_GOING_AWAY)  # stops the writers; membership is unchanged
+    hub.remove(second)
+    hub.remove(first)
+    assert events == ["+r", "+other", "-r", "-other"]
