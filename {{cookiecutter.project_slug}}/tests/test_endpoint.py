@@ -12,7 +12,7 @@ from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused
+from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
 from {{ cookiecutter.package_name }}.protocol import Message, Protocol
 from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
@@ -190,7 +190,7 @@ def test_the_demo_page_and_its_client_are_served(client: TestClient) -> None:
     assert "class RealtimeClient" in script.text
 
 
-async def refuse(websocket: WebSocket) -> str:
+async def refuse(websocket: WebSocket) -> Identity:
     raise HandshakeRefused(403, "origin not allowed")
 
 

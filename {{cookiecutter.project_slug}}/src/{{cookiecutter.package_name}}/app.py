@@ -9,8 +9,13 @@ from fastapi import FastAPI
 from starlette import status
 
 from . import __version__
+{%- if cookiecutter.auth == "query_token" %}
+from .auth_token import TokenAuth
+{%- elif cookiecutter.auth == "cookie" %}
+from .auth_cookie import CookieAuth
+{%- endif %}
 from .demo import mount_demo
-from .endpoint import Endpoint, OnOpen
+from .endpoint import Endpoint, Identify, OnOpen, anonymous
 from .health import Readiness, health_router
 from .hub import Hub
 from .protocol import Protocol, Publish
@@ -35,6 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     rooms.register(protocol)
     on_open = rooms.on_open
 {%- endif %}
+    identify: Identify = anonymous
+{%- if cookiecutter.auth == "query_token" %}
+    auth = TokenAuth(settings.auth)
+    identify = auth.identify
+{%- elif cookiecutter.auth == "cookie" %}
+    auth = CookieAuth(settings.auth)
+    identify = auth.identify
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = hub
     app.state.protocol = protocol
     app.state.readiness = readiness
-    app.add_api_websocket_route("/ws", Endpoint(hub, protocol, settings.hub, on_open=on_open))
+    app.add_api_websocket_route(
+        "/ws", Endpoint(hub, protocol, settings.hub, identify=identify, on_open=on_open)
+    )
+{%- if cookiecutter.auth != "none" %}
+    app.include_router(auth.router())
+{%- endif %}
     app.include_router(health_router(readiness, hub))
     mount_demo(app)
     return app

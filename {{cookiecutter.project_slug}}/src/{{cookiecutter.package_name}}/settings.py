@@ -10,7 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
+{% if cookiecutter.auth == "query_token" %}
+from .auth_token import TokenSettings
+{%- elif cookiecutter.auth == "cookie" %}
+from .auth_cookie import CookieSettings
+{%- endif %}
 from .hub import SlowConsumerPolicy
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
@@ -61,4 +65,9 @@ class Settings(BaseModel):
     hub: HubSettings = Field(default_factory=HubSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
+{%- endif %}
+{%- if cookiecutter.auth == "query_token" %}
+    auth: TokenSettings = Field(default_factory=TokenSettings)
+{%- elif cookiecutter.auth == "cookie" %}
+    auth: CookieSettings = Field(default_factory=CookieSettings)
 {%- endif %}
