@@ -58,9 +58,16 @@ class InstalledProject:
 class DemoServer:
     """`python -m <package>` in a subprocess, on a fixed port so a restart reuses it."""
 
-    def __init__(self, project: InstalledProject, port: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        project: InstalledProject,
+        port: int,
+        workdir: Path,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.project = project
         self.port = port
+        self.environment = environment or {}
         # An empty folder, so no stray .env file changes the settings.
         self.workdir = workdir
         self.log = workdir.parent / f"{workdir.name}.log"
@@ -75,9 +82,10 @@ class DemoServer:
             name: value
             for name, value in os.environ.items()
             # The service's own settings come from this test only.
-            if not name.startswith(("SERVER_", "HUB_", "ROOMS_"))
+            if not name.startswith(("SERVER_", "HUB_", "ROOMS_", "AUTH_"))
         }
         env |= {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        env |= self.environment
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [str(self.project.python), "-m", self.project.package],

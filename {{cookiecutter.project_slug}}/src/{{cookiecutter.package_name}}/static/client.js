@@ -4,8 +4,11 @@
 // attempt it waits a random time between 0 and min(maxDelay, baseDelay * 2^n), so a thousand
 // clients dropped by one server restart do not all come back in the same instant. A `welcome`
 // frame resets the backoff. Events: "state" (connecting | open | reconnecting | closed),
-// "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt).
-// `url` may be a function, called before every attempt (to rejoin the rooms a page is in).
+// "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt),
+// "error" (the url function failed), "close" ({code, reason} of a closed socket).
+// `url` may be a function, called before every attempt (to rejoin the rooms a page is in); it
+// may return a promise (to fetch a fresh token first), and a rejected one counts as a failed
+// attempt.
 "use strict";
 
 class RealtimeClient extends EventTarget {
@@ -21,10 +24,19 @@ class RealtimeClient extends EventTarget {
     this.state = "closed";
   }
 
-  connect() {
+  async connect() {
     this.stopped = false;
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
-    const socket = new WebSocket(this.url());
+    let url;
+    try {
+      url = await this.url();
+    } catch (error) {
+      this.dispatchEvent(new CustomEvent("error", { detail: error }));
+      if (!this.stopped) this.scheduleReconnect();
+      return;
+    }
+    if (this.stopped) return;
+    const socket = new WebSocket(url);
     this.socket = socket;
     socket.addEventListener("open", () => this.setState("open"));
     socket.addEventListener("message", (event) => {
@@ -37,8 +49,10 @@ class RealtimeClient extends EventTarget {
       if (frame.type === "welcome") this.attempt = 0;
       this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
+      const { code, reason } = event;
+      this.dispatchEvent(new CustomEvent("close", { detail: { code, reason } }));
       this.socket = null;
       if (this.stopped) {
         this.setState("closed");
