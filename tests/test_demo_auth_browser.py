@@ -34,7 +34,9 @@ AUTH_MODES = ["query_token", "cookie"]
 
 
 @pytest.fixture(scope="module", params=AUTH_MODES)
-def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> InstalledProject:
+def project(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> InstalledProject:
     answers = DEFAULT.answers | {"auth": request.param}
     root = render_cookiecutter(answers, tmp_path_factory.mktemp(f"browser-{request.param}"))
     assert (root / ".env").read_text().count("AUTH_SECRET=") == 1
