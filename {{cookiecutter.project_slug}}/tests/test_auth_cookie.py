@@ -31,7 +31,15 @@ pytestmark = pytest.mark.real_auth
 # TestClient's requests go to http://testserver, so that is the service's own origin.
 OWN_ORIGIN = "http://testserver"
 LISTED_ORIGIN = "https://app.example.com"
-SETTINGS = CookieSettings(secret=TEST_SECRET, allowed_origins=[LISTED_ORIGIN])
+# Explicit, so that a developer's .env cannot change what these tests mean.
+SETTINGS = CookieSettings(
+    secret=TEST_SECRET,
+    environment="development",
+    cookie_name="session",
+    allowed_origins=[LISTED_ORIGIN],
+    allow_same_origin=True,
+    dev_endpoints=False,
+)
 SIGNER = SessionSigner(TEST_SECRET)
 
 

@@ -33,7 +33,14 @@ from .conftest import PACKAGE, TEST_SECRET, StartServer
 
 pytestmark = pytest.mark.real_auth
 
-SETTINGS = TokenSettings(secret=TEST_SECRET, issuer="tests", audience="chat")
+# Explicit, so that a developer's .env cannot change what these tests mean.
+SETTINGS = TokenSettings(
+    secret=TEST_SECRET,
+    environment="development",
+    issuer="tests",
+    audience="chat",
+    dev_endpoints=False,
+)
 
 
 def app_client(settings: TokenSettings = SETTINGS) -> TestClient:
