@@ -29,10 +29,11 @@ import time
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Response, WebSocket
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
+from starlette.requests import HTTPConnection
 
 from .identity import HandshakeRefused, Identity
 
@@ -142,21 +143,23 @@ class CookieAuth:
         self.signer = SessionSigner(key)
         self._allowed = {_origin(origin) for origin in settings.allowed_origins}
 
-    def origin_allowed(self, websocket: WebSocket) -> bool:
-        origin = websocket.headers.get("origin")
+    def origin_allowed(self, request: HTTPConnection) -> bool:
+        origin = request.headers.get("origin")
         if not origin:
             # Browsers always send one on a WebSocket; a client that does not is no browser.
             return False
         origin = origin.lower()
         if origin in self._allowed:
             return True
-        host = websocket.headers.get("host", "").lower()
+        host = request.headers.get("host", "").lower()
         return self.settings.allow_same_origin and bool(host) and urlsplit(origin).netloc == host
 
-    async def identify(self, websocket: WebSocket) -> Identity:
-        if not self.origin_allowed(websocket):
+    async def identify(self, request: HTTPConnection) -> Identity:
+        """The identity the request proves, or HandshakeRefused. It reads only what a WebSocket
+        upgrade and a plain HTTP request share, so an HTTP route (a stream) can use it too."""
+        if not self.origin_allowed(request):
             raise HandshakeRefused(status.HTTP_403_FORBIDDEN, "origin not allowed")
-        value = websocket.cookies.get(self.settings.cookie_name)
+        value = request.cookies.get(self.settings.cookie_name)
         if not value:
             raise HandshakeRefused(status.HTTP_401_UNAUTHORIZED, "not logged in")
         try:

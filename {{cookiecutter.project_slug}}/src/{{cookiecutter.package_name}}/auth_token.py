@@ -20,10 +20,11 @@ import time
 from typing import Literal, Self
 
 import jwt
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
+from starlette.requests import HTTPConnection
 
 from .identity import HandshakeRefused, Identity
 
@@ -135,8 +136,10 @@ class TokenAuth:
     def issue(self, user: str, ttl_seconds: float) -> str:
         return _issue(user, ttl_seconds, self.settings, self._key, now=None)
 
-    async def identify(self, websocket: WebSocket) -> Identity:
-        token = websocket.query_params.get("token")
+    async def identify(self, request: HTTPConnection) -> Identity:
+        """The identity the request proves, or HandshakeRefused. It reads only what a WebSocket
+        upgrade and a plain HTTP request share, so an HTTP route (a stream) can use it too."""
+        token = request.query_params.get("token")
         if not token:
             raise HandshakeRefused(status.HTTP_401_UNAUTHORIZED, "missing token")
         try:
