@@ -45,11 +45,22 @@ def project(
     return InstalledProject(bin_folder / "python", package)
 
 
+# Each mode reads its own and ignores the other's.
+SHORT_SESSIONS = {"AUTH_MAX_TTL_SECONDS": "2", "AUTH_SESSION_SECONDS": "2"}
+
+
 @pytest.fixture
-def server(project: InstalledProject, tmp_path: Path) -> Iterator[DemoServer]:
+def server_environment() -> dict[str, str]:
+    return {"AUTH_DEV_ENDPOINTS": "true"}
+
+
+@pytest.fixture
+def server(
+    project: InstalledProject, tmp_path: Path, server_environment: dict[str, str]
+) -> Iterator[DemoServer]:
     workdir = tmp_path / "server"
     workdir.mkdir()
-    demo = DemoServer(project, free_port(), workdir, {"AUTH_DEV_ENDPOINTS": "true"})
+    demo = DemoServer(project, free_port(), workdir, server_environment)
     demo.start()
     try:
         yield demo
@@ -97,6 +108,22 @@ def test_pages_log_in_and_chat_and_messages_name_their_sender(
     reply = unique("reply")
     send(bob, reply)
     expect_message(alice, f"bob: {reply}")
+
+
+@pytest.mark.parametrize(
+    "server_environment", [{"AUTH_DEV_ENDPOINTS": "true"} | SHORT_SESSIONS], ids=["2s-sessions"]
+)
+def test_an_expired_session_closes_the_socket_and_the_page_asks_to_log_in_again(
+    open_logged_in_page: Callable[[str], Page],
+) -> None:
+    page = open_logged_in_page("alice")
+
+    expect(page.locator("#messages")).to_contain_text("session expired", timeout=TIMEOUT_MS)
+    expect(page.locator("#status")).to_have_text("closed")
+    expect(page.locator("#login-form")).to_be_visible()
+
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
 
 
 def test_without_the_dev_endpoints_the_page_says_how_to_turn_them_on(
