@@ -1,4 +1,5 @@
-"""Delete the files of the features the user did not choose.
+"""Delete the files of the features the user did not choose, and give a project that
+authenticates a random signing secret in its git-ignored `.env`.
 
 This file holds no Jinja: cookiecutter runs it as its post-generation hook and copier runs it,
 unchanged, as a task (also during `copier update`, possibly several times). It works in the
