@@ -1,4 +1,5 @@
-"""Delete the files of the features the user did not choose.
+"""Delete the files of the features the user did not choose, and give a project that
+authenticates a random signing secret in its git-ignored `.env`.
 
 This file holds no Jinja: cookiecutter runs it as its post-generation hook and copier runs it,
 unchanged, as a task (also during `copier update`, possibly several times). It works in the
@@ -10,6 +11,7 @@ file and changes nothing, so it is idempotent; it never touches the network.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +35,19 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/heartbeat.py",
         "tests/test_heartbeat.py",
     ),
+    "auth=query_token": (
+        "src/{package_name}/auth_token.py",
+        "tests/test_auth_token.py",
+    ),
+    "auth=cookie": (
+        "src/{package_name}/auth_cookie.py",
+        "tests/test_auth_cookie.py",
+    ),
 }
+
+# The local settings file, git-ignored, that holds the generated signing secret.
+ENV_FILE = ".env"
+SECRET_SETTING = "AUTH_SECRET"
 
 
 def is_chosen(feature: str, answers: dict[str, object]) -> bool:
@@ -75,6 +89,27 @@ def prune(project: Path, answers: dict[str, object]) -> list[str]:
     return removed
 
 
+def write_secret(project: Path, answers: dict[str, object]) -> bool:
+    """Give an authenticating project a random signing secret in its git-ignored `.env`.
+
+    Only when auth is chosen, and only when `.env` does not already set one: a later run (copier
+    update) keeps the secret, and the user's own `.env` lines, as they are. True if it wrote.
+    """
+    if answers.get("auth", "none") == "none":
+        return False
+    path = project / ENV_FILE
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    if any(line.startswith(f"{SECRET_SETTING}=") for line in existing.splitlines()):
+        return False
+    separator = "" if not existing or existing.endswith("\n") else "\n"
+    line = f"{SECRET_SETTING}={secrets.token_urlsafe(48)}\n"
+    path.write_text(
+        f"{existing}{separator}# Written at generation; keep it out of version control.\n{line}",
+        encoding="utf-8",
+    )
+    return True
+
+
 def read_answers(project: Path) -> dict[str, object] | None:
     """The rendered answers, or None when a previous run already consumed them."""
     path = project / ANSWERS_FILE
@@ -92,6 +127,7 @@ def main() -> int:
     if answers is None:
         return 0
     prune(project, answers)
+    write_secret(project, answers)
     (project / ANSWERS_FILE).unlink()
     return 0
 

@@ -82,7 +82,7 @@ class DemoServer:
             name: value
             for name, value in os.environ.items()
             # The service's own settings come from this test only.
-            if not name.startswith(("SERVER_", "HUB_", "ROOMS_", "HEARTBEAT_"))
+            if not name.startswith(("SERVER_", "HUB_", "ROOMS_", "HEARTBEAT_", "AUTH_"))
         }
         env |= {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
         env |= self.environment

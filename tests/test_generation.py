@@ -21,6 +21,11 @@ post_gen = load_hook("post_gen_project")
 
 # Only copier writes this (cookiecutter's name for it renders empty, so it is skipped).
 COPIER_ANSWERS_FILE = ".copier-answers.yml"
+# The post-generation hook writes a random signing secret here, so it differs on every render.
+SECRET_FILE = post_gen.ENV_FILE
+SECRET = re.compile(rf"^{post_gen.SECRET_SETTING}=(\S+)$", re.MULTILINE)
+# token_urlsafe(48): 64 characters; a secret under 32 would be refused in production.
+MIN_SECRET_LENGTH = 32
 
 LEFTOVER_TAGS = re.compile(r"\{\{|\{%|cookiecutter\.\w")
 # GitHub Actions expressions are meant to survive rendering, in workflows only.
@@ -81,6 +86,9 @@ def test_both_engines_render_identical_trees(rendered: Rendered) -> None:
     by_cookiecutter, by_copier = files(rendered.by_cookiecutter), files(rendered.by_copier)
     assert COPIER_ANSWERS_FILE in by_copier, "copier update needs the answers file"
     del by_copier[COPIER_ANSWERS_FILE]
+    # Random on every render; test_an_authenticating_project_gets_a_secret checks it.
+    by_cookiecutter.pop(SECRET_FILE, None)
+    by_copier.pop(SECRET_FILE, None)
 
     assert sorted(by_cookiecutter) == sorted(by_copier)
     differing = [name for name in by_cookiecutter if by_cookiecutter[name] != by_copier[name]]
@@ -101,6 +109,21 @@ def test_no_template_syntax_is_left(rendered: Rendered) -> None:
                 for match in LEFTOVER_TAGS.finditer(body)
             ]
     assert leftovers == []
+
+
+def test_an_authenticating_project_gets_a_secret(rendered: Rendered) -> None:
+    auth = rendered.combination.answers.get("auth", "none")
+    secrets = []
+    for root in (rendered.by_cookiecutter, rendered.by_copier):
+        env_file = root / SECRET_FILE
+        if auth == "none":
+            assert not env_file.exists(), "no auth, no secret"
+            continue
+        (secret,) = SECRET.findall(env_file.read_text("utf-8"))
+        assert len(secret) >= MIN_SECRET_LENGTH
+        secrets.append(secret)
+    if secrets:
+        assert secrets[0] != secrets[1], "each project gets its own random secret"
 
 
 def test_the_hooks_answers_file_is_gone(rendered: Rendered) -> None:

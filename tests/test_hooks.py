@@ -124,7 +124,26 @@ def test_unchosen_paths_lists_every_path_of_unchosen_features() -> None:
         }
     )
     assert post_gen.unchosen_paths(all_features(chosen=False)) == expected
-    assert post_gen.unchosen_paths(all_features(chosen=True)) == []
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        valid_answers(**dict([feature.partition("=")[::2]]))
+        for feature in post_gen.MANIFEST
+        if "=" in feature
+    ]
+    + [all_features(chosen=True)],
+    ids=lambda answers: str(answers.get("auth")),
+)
+def test_unchosen_paths_keeps_exactly_the_chosen_features_paths(answers: dict[str, object]) -> None:
+    unchosen = set(post_gen.unchosen_paths(answers))
+    for feature, paths in post_gen.MANIFEST.items():
+        named = {path.format(package_name="chat_service") for path in paths}
+        if post_gen.is_chosen(feature, answers):
+            assert not named & unchosen, f"{feature} is chosen, its paths must stay"
+        else:
+            assert named <= unchosen, f"{feature} is not chosen, its paths must go"
 
 
 def make_tree(root: Path, relative_paths: list[str]) -> None:
@@ -156,7 +175,8 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_main_prunes_removes_the_answers_file_and_is_idempotent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answers = all_features(chosen=False)
+    # "none" chooses no auth module either, and no secret is written.
+    answers = all_features(chosen=False) | {"auth": "none"}
     every_path = [
         path.format(package_name="chat_service")
         for paths in post_gen.MANIFEST.values()
@@ -173,3 +193,48 @@ def test_main_prunes_removes_the_answers_file_and_is_idempotent(
     assert snapshot(tmp_path) == after_first_run
     assert post_gen.ANSWERS_FILE not in after_first_run
     assert list(after_first_run) == ["src/chat_service/app.py"]
+
+
+# --- post_gen_project.write_secret --------------------------------------------------------
+
+
+def secret_lines(project: Path) -> list[str]:
+    text = (project / post_gen.ENV_FILE).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.startswith("AUTH_SECRET=")]
+
+
+@pytest.mark.parametrize("auth", ["query_token", "cookie"])
+def test_write_secret_writes_a_long_random_secret_once(tmp_path: Path, auth: str) -> None:
+    assert post_gen.write_secret(tmp_path, valid_answers(auth=auth))
+    (line,) = secret_lines(tmp_path)
+    assert len(line.partition("=")[2]) >= 32
+
+    assert not post_gen.write_secret(tmp_path, valid_answers(auth=auth)), "idempotent"
+    assert secret_lines(tmp_path) == [line]
+
+
+def test_write_secret_writes_nothing_without_auth(tmp_path: Path) -> None:
+    assert not post_gen.write_secret(tmp_path, valid_answers(auth="none"))
+    assert not (tmp_path / post_gen.ENV_FILE).exists()
+
+
+def test_write_secret_keeps_an_existing_env_file_and_its_secret(tmp_path: Path) -> None:
+    env_file = tmp_path / post_gen.ENV_FILE
+    env_file.write_text("SERVER_PORT=9000", encoding="utf-8")
+    assert post_gen.write_secret(tmp_path, valid_answers(auth="cookie"))
+    text = env_file.read_text(encoding="utf-8")
+    assert text.startswith("SERVER_PORT=9000\n"), "the user's lines stay as they were"
+    assert len(secret_lines(tmp_path)) == 1
+
+    env_file.write_text("AUTH_SECRET=mine\n", encoding="utf-8")
+    assert not post_gen.write_secret(tmp_path, valid_answers(auth="cookie"))
+    assert env_file.read_text(encoding="utf-8") == "AUTH_SECRET=mine\n"
+
+
+def test_two_projects_get_different_secrets(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    post_gen.write_secret(first, valid_answers(auth="cookie"))
+    post_gen.write_secret(second, valid_answers(auth="cookie"))
+    assert secret_lines(first) != secret_lines(second)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2
@@ -17,6 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.app import create_app
+{%- if cookiecutter.auth == "query_token" %}
+from {{ cookiecutter.package_name }}.auth_token import TokenAuth, TokenSettings, issue_token
+{%- elif cookiecutter.auth == "cookie" %}
+from {{ cookiecutter.package_name }}.auth_cookie import CookieAuth, SessionSigner
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+from {{ cookiecutter.package_name }}.identity import anonymous
+{%- endif %}
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- if cookiecutter.use_redis %}
 
@@ -24,6 +32,27 @@ from .redis_server import RedisServer
 {%- endif %}
 
 PACKAGE = "{{ cookiecutter.package_name }}"
+{%- if cookiecutter.auth != "none" %}
+# The signing secret of the servers the tests start; test_auth_*.py use it too.
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_auth: keep the handshake's authentication on")
+
+
+@pytest.fixture(autouse=True)
+def anonymous_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process apps let everyone in as `anonymous`, except in tests marked `real_auth`: the
+    other tests are about the protocol, and test_auth_*.py test the handshake's check itself.
+    Servers started with `start_server` always check, and `Server` carries the credentials."""
+    if request.node.get_closest_marker("real_auth") is None:
+{%- if cookiecutter.auth == "query_token" %}
+        monkeypatch.setattr(TokenAuth, "identify", lambda self, websocket: anonymous(websocket))
+{%- elif cookiecutter.auth == "cookie" %}
+        monkeypatch.setattr(CookieAuth, "identify", lambda self, websocket: anonymous(websocket))
+{%- endif %}
+{%- endif %}
 
 
 @pytest.fixture
@@ -51,6 +80,9 @@ class Server:
     process: subprocess.Popen[str]
     port: int
     log: Path
+    # The credentials a client presents at the handshake, when the service checks them.
+    ws_path: str = "/ws"
+    ws_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def http_url(self) -> str:
@@ -58,7 +90,7 @@ class Server:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://127.0.0.1:{self.port}{self.ws_path}"
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -90,6 +122,9 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         port = free_port()
         log = tmp_path / f"server-{port}.log"
         env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port)} | environment
+{%- if cookiecutter.auth != "none" %}
+        env = {"AUTH_SECRET": TEST_SECRET} | env
+{%- endif %}
         with log.open("w") as sink:
             # The working directory is empty, so no stray `.env` changes the settings.
             process = subprocess.Popen(
@@ -101,6 +136,13 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
                 text=True,
             )
         server = Server(process, port, log)
+{%- if cookiecutter.auth == "query_token" %}
+        token = issue_token("tester", 3600, TokenSettings(secret=env["AUTH_SECRET"]))
+        server.ws_path = f"/ws?token={token}"
+{%- elif cookiecutter.auth == "cookie" %}
+        session = SessionSigner(env["AUTH_SECRET"]).sign("tester", time.time() + 3600)
+        server.ws_headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+{%- endif %}
         servers.append(server)
         wait_until_healthy(server)
         return server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +13,9 @@ from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused
+from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
 from {{ cookiecutter.package_name }}.protocol import Message, Protocol
 from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
 
@@ -190,7 +192,7 @@ def test_the_demo_page_and_its_client_are_served(client: TestClient) -> None:
     assert "class RealtimeClient" in script.text
 
 
-async def refuse(websocket: WebSocket) -> str:
+async def refuse(websocket: WebSocket) -> Identity:
     raise HandshakeRefused(403, "origin not allowed")
 
 
@@ -204,4 +206,23 @@ def test_a_refused_handshake_is_an_http_response_and_nothing_is_accepted() -> No
             client.websocket_connect("/ws").__enter__()
         assert refused.value.status_code == 403
         assert refused.value.text == "origin not allowed"
+    assert len(hub) == 0
+
+
+async def expiring_soon(websocket: WebSocket) -> Identity:
+    return Identity("temporary", expires_at=time.time() + 0.5)
+
+
+def test_a_connection_is_closed_with_4001_when_its_identity_expires() -> None:
+    app = create_app(Settings())
+    hub: Hub = app.state.hub
+    app.router.routes.clear()
+    endpoint = Endpoint(hub, Protocol(), HubSettings(), identify=expiring_soon)
+    app.add_api_websocket_route("/ws", endpoint)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        assert welcomed(ws)["user"] == "temporary"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive(ws)
+        assert closed.value.code == SESSION_EXPIRED
+        assert closed.value.reason == "session expired"
     assert len(hub) == 0

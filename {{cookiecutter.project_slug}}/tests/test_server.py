@@ -26,7 +26,7 @@ async def next_frame(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def join(server: Server) -> ClientConnection:
-    ws = await connect(server.ws_url)
+    ws = await connect(server.ws_url, additional_headers=server.ws_headers)
     assert (await next_frame(ws))["type"] == "welcome"
     return ws
 
@@ -35,10 +35,12 @@ def stalled_client(server: Server) -> socket.socket:
     """A client that completes the handshake and then never reads another byte."""
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
+    headers = "".join(f"{name}: {value}\r\n" for name, value in server.ws_headers.items())
     raw.sendall(
         (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"GET {server.ws_path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         ).encode()
     )
     assert raw.recv(12) == b"HTTP/1.1 101"

@@ -6,7 +6,12 @@ import argparse
 import sys
 
 import uvicorn
-
+from pydantic import ValidationError
+from uvicorn.config import LOGGING_CONFIG
+{% if cookiecutter.auth == "query_token" %}
+from .auth_token import print_token
+{%- endif %}
+from .log_redaction import log_config
 from .settings import Settings
 
 
@@ -32,6 +37,8 @@ def serve(settings: Settings, *, reload: bool) -> None:
         ws_ping_interval=None,
         ws_ping_timeout=None,
 {%- endif %}
+        # Query strings may carry credentials; uvicorn would log them with every request.
+        log_config=log_config(LOGGING_CONFIG),
     )
 
 
@@ -42,9 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     serve_command.add_argument("--reload", action="store_true", help="restart on code changes")
     serve_command.add_argument("--host", help="overrides SERVER_HOST")
     serve_command.add_argument("--port", type=int, help="overrides SERVER_PORT")
+{%- if cookiecutter.auth == "query_token" %}
+    token_command = commands.add_parser("token", help="print a signed token for USER")
+    token_command.add_argument("user", metavar="USER")
+    token_command.add_argument("--ttl", type=int, default=3600, help="seconds it is valid")
+{%- endif %}
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        # A clear refusal to start, naming each setting at fault, rather than a traceback.
+        print(f"error: invalid settings: {error}", file=sys.stderr)
+        return 2
+{%- if cookiecutter.auth == "query_token" %}
+    if args.command == "token":
+        return print_token(settings.auth, args.user, args.ttl)
+{%- endif %}
     if args.command in (None, "serve"):
         overrides = {
             name: value

@@ -9,13 +9,18 @@ from fastapi import FastAPI
 from starlette import status
 
 from . import __version__
+{%- if cookiecutter.auth == "query_token" %}
+from .auth_token import TokenAuth
+{%- elif cookiecutter.auth == "cookie" %}
+from .auth_cookie import CookieAuth
+{%- endif %}
 {%- if cookiecutter.use_redis %}
 from .broker import Broker
 {%- else %}
 from .broker import Broker, LocalBroker
 {%- endif %}
 from .demo import mount_demo
-from .endpoint import Endpoint, OnOpen
+from .endpoint import Endpoint, Identify, OnOpen, anonymous
 from .health import Readiness, health_router
 {%- if cookiecutter.use_heartbeats %}
 from .heartbeat import Heartbeat
@@ -60,6 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     heartbeat.register(protocol)
     welcome |= heartbeat.welcome
 {%- endif %}
+    identify: Identify = anonymous
+{%- if cookiecutter.auth == "query_token" %}
+    auth = TokenAuth(settings.auth)
+    identify = auth.identify
+{%- elif cookiecutter.auth == "cookie" %}
+    auth = CookieAuth(settings.auth)
+    identify = auth.identify
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,8 +96,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.protocol = protocol
     app.state.readiness = readiness
     app.add_api_websocket_route(
-        "/ws", Endpoint(hub, protocol, settings.hub, on_open=on_open, welcome=welcome)
+        "/ws",
+        Endpoint(
+            hub, protocol, settings.hub, identify=identify, on_open=on_open, welcome=welcome
+        ),
     )
+{%- if cookiecutter.auth != "none" %}
+    app.include_router(auth.router())
+{%- endif %}
     app.include_router(health_router(readiness, hub))
     mount_demo(app)
     return app

@@ -3,7 +3,8 @@
 One handler shape for every connection:
 
 1. handshake: `identify` looks at the upgrade request (the auth feature plugs in here) and may
-   refuse it with an HTTP status before anything is accepted;
+   refuse it with an HTTP status before anything is accepted; an identity that expires gets a
+   timer that closes the connection with `SESSION_EXPIRED` (4001) when it does;
 2. accept, register with the hub, start the writer, join the first rooms, send `welcome`;
 3. the read loop, beside the writer: whichever ends first ends the connection;
 4. cleanup in `finally`: both tasks stopped, the connection and its rooms removed from the hub,
@@ -15,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from fastapi import WebSocket
 from starlette import status
@@ -23,31 +25,17 @@ from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
 from .hub import Connection, Hub
+from .identity import SESSION_EXPIRED, HandshakeRefused, Identify, Identity, anonymous
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
 from .settings import HubSettings
 
-__all__ = ["Endpoint", "HandshakeRefused", "Identify", "OnOpen", "anonymous"]
+__all__ = ["Endpoint", "HandshakeRefused", "Identify", "Identity", "OnOpen", "anonymous"]
 
 logger = logging.getLogger(__name__)
 
 
-class HandshakeRefused(Exception):
-    """Raised by `identify` to answer the upgrade request with an HTTP error instead."""
-
-    def __init__(self, status_code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-
-
-Identify = Callable[[WebSocket], Awaitable[str]]
 OnOpen = Callable[[Connection, WebSocket], None]
-
-
-async def anonymous(websocket: WebSocket) -> str:
-    """The identity of every client when the service has no authentication."""
-    return "anonymous"
 
 
 class Endpoint:
@@ -76,7 +64,7 @@ class Endpoint:
 
     async def __call__(self, websocket: WebSocket) -> None:
         try:
-            user = await self.identify(websocket)
+            identity = await self.identify(websocket)
         except HandshakeRefused as refusal:
             # An HTTP response to the upgrade request: the socket is never accepted.
             await websocket.send_denial_response(
@@ -86,7 +74,7 @@ class Endpoint:
         await websocket.accept()
         connection = Connection(
             websocket.send_text,
-            user=user,
+            user=identity.user,
             outbox_limit=self.settings.outbox_limit,
             policy=self.settings.slow_consumer_policy,
         )
@@ -95,6 +83,7 @@ class Endpoint:
         reader = asyncio.create_task(
             self._read_loop(websocket, connection), name=f"reader-{connection.id}"
         )
+        expiry = _close_on_expiry(connection, identity)
         try:
             self.on_open(connection, websocket)
             connection.offer(
@@ -111,6 +100,8 @@ class Endpoint:
             await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
+            if expiry is not None:
+                expiry.cancel()
             reader.cancel()
             writer.cancel()
             self.hub.remove(connection)
@@ -162,6 +153,16 @@ class Endpoint:
                 logger.exception("handler failed on %r", connection)
                 connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
                 return
+
+
+def _close_on_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:
+    """Close the connection with SESSION_EXPIRED when its credentials expire, if they do."""
+    if identity.expires_at is None:
+        return None
+    delay = max(0.0, identity.expires_at - time.time())
+    return asyncio.get_running_loop().call_later(
+        delay, connection.close, SESSION_EXPIRED, "session expired"
+    )
 
 
 def _size(event: Mapping[str, object]) -> int:

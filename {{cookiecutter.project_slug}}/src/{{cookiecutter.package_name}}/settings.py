@@ -10,7 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-{% if cookiecutter.use_heartbeats %}
+{% if cookiecutter.auth == "query_token" %}
+from .auth_token import TokenSettings
+{%- elif cookiecutter.auth == "cookie" %}
+from .auth_cookie import CookieSettings
+{%- endif %}
+{%- if cookiecutter.use_heartbeats %}
 from .heartbeat import HeartbeatSettings
 {%- endif %}
 from .hub import SlowConsumerPolicy
@@ -72,4 +77,9 @@ class Settings(BaseModel):
 {%- endif %}
 {%- if cookiecutter.use_heartbeats %}
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+{%- endif %}
+{%- if cookiecutter.auth == "query_token" %}
+    auth: TokenSettings = Field(default_factory=TokenSettings)
+{%- elif cookiecutter.auth == "cookie" %}
+    auth: CookieSettings = Field(default_factory=CookieSettings)
 {%- endif %}

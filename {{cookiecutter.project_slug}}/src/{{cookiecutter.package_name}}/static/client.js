@@ -4,8 +4,11 @@
 // attempt it waits a random time between 0 and min(maxDelay, baseDelay * 2^n), so a thousand
 // clients dropped by one server restart do not all come back in the same instant. A `welcome`
 // frame resets the backoff. Events: "state" (connecting | open | reconnecting | closed),
-// "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt).
-// `url` may be a function, called before every attempt (to rejoin the rooms a page is in).
+// "frame" (every frame from the server, parsed), "retry" ({delay} before the next attempt),
+// "error" (the url function failed), "close" ({code, reason} of a closed socket).
+// `url` may be a function, called before every attempt (to rejoin the rooms a page is in); it
+// may return a promise (to fetch a fresh token first), and a rejected one counts as a failed
+// attempt.
 //
 // Heartbeats: a `{"type":"ping"}` from the server is answered with `{"type":"pong"}`. Once a
 // ping has been seen on a connection, a watchdog treats it as dead when the server has sent
@@ -32,10 +35,19 @@ class RealtimeClient extends EventTarget {
     this.state = "closed";
   }
 
-  connect() {
+  async connect() {
     this.stopped = false;
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
-    const socket = new WebSocket(this.url());
+    let url;
+    try {
+      url = await this.url();
+    } catch (error) {
+      this.dispatchEvent(new CustomEvent("error", { detail: error }));
+      if (!this.stopped) this.scheduleReconnect();
+      return;
+    }
+    if (this.stopped) return;
+    const socket = new WebSocket(url);
     this.socket = socket;
     this.pinged = false;
     this.announcedDeadAfter = null;
@@ -59,8 +71,10 @@ class RealtimeClient extends EventTarget {
       this.feedWatchdog(socket);
       this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
+      const { code, reason } = event;
+      this.dispatchEvent(new CustomEvent("close", { detail: { code, reason } }));
       this.socket = null;
       clearTimeout(this.watchdog);
       if (this.stopped) {

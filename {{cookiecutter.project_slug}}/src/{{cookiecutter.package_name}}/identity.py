@@ -1,0 +1,46 @@
+"""Who a client is, decided at the handshake, before the socket is accepted.
+
+An `Identify` coroutine looks at the upgrade request and returns an `Identity`, or raises
+`HandshakeRefused` to answer the request with an HTTP error (401, 403) instead of accepting it.
+The auth feature supplies one; without it every client is `anonymous`. An identity that expires
+(a token's `exp`, a session's end) closes its connection with `SESSION_EXPIRED` at that moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import WebSocket
+
+__all__ = ["SESSION_EXPIRED", "HandshakeRefused", "Identify", "Identity", "anonymous"]
+
+# The close code of a connection whose token or session expired while it was open (4000-4999
+# is the range RFC 6455 leaves to applications). The client should authenticate again.
+SESSION_EXPIRED = 4001
+
+
+class HandshakeRefused(Exception):
+    """Raised by `identify` to answer the upgrade request with an HTTP error instead."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated client: its user name, and when its credentials stop being valid
+    (seconds since the epoch), if they ever do."""
+
+    user: str
+    expires_at: float | None = None
+
+
+Identify = Callable[[WebSocket], Awaitable[Identity]]
+
+
+async def anonymous(websocket: WebSocket) -> Identity:
+    """The identity of every client when the service has no authentication."""
+    return Identity("anonymous")

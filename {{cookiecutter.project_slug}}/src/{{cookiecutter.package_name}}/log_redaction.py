@@ -1,0 +1,47 @@
+"""Keep query strings out of uvicorn's logs.
+
+uvicorn logs every request with its full path, query string included: the access log for HTTP
+(`"GET /path?query HTTP/1.1" 200`) and its error logger for WebSocket handshakes
+(`"WebSocket /ws?token=..." [accepted]`). A query string may carry a credential (the auth
+feature's `?token=`), so this filter, attached to uvicorn's log handlers, replaces every logged
+query string with `?[redacted]` before any handler writes the record. It works on the record's
+arguments, so uvicorn's own formatters still get the values they expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["REDACTED", "QueryStringRedactor", "log_config", "redact_query"]
+
+REDACTED = "[redacted]"
+
+
+def redact_query(path: str) -> str:
+    """`/ws?token=abc&room=a` becomes `/ws?[redacted]`; a path without a query is unchanged."""
+    base, question_mark, _query = path.partition("?")
+    return f"{base}?{REDACTED}" if question_mark else path
+
+
+class QueryStringRedactor(logging.Filter):
+    """Redacts the query string of every request path in a record's arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                redact_query(arg) if isinstance(arg, str) and arg.startswith("/") else arg
+                for arg in record.args
+            )
+        return True
+
+
+def log_config(base: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a `logging.config.dictConfig` configuration (uvicorn's `LOGGING_CONFIG`)
+    whose every handler redacts query strings."""
+    config = {**base, "filters": {**base.get("filters", {})}, "handlers": {}}
+    config["filters"]["redact_query_strings"] = {"()": f"{__name__}.QueryStringRedactor"}
+    for name, handler in base.get("handlers", {}).items():
+        filters = [*handler.get("filters", []), "redact_query_strings"]
+        config["handlers"][name] = {**handler, "filters": filters}
+    return config
