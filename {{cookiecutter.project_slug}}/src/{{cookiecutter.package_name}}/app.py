@@ -95,12 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.broker = broker
     app.state.protocol = protocol
     app.state.readiness = readiness
-    app.add_api_websocket_route(
-        "/ws",
-        Endpoint(
-            hub, protocol, settings.hub, identify=identify, on_open=on_open, welcome=welcome
-        ),
+    endpoint = Endpoint(
+        hub, protocol, settings.hub, identify=identify, on_open=on_open, welcome=welcome
     )
+    app.add_api_websocket_route("/ws", endpoint)
 {%- if cookiecutter.auth != "none" %}
     app.include_router(auth.router())
 {%- endif %}
