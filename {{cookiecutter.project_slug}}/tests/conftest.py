@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
+from websockets.asyncio.client import connect
 
 from {{ cookiecutter.package_name }}.app import create_app
 {%- if cookiecutter.auth == "query_token" %}
@@ -91,6 +93,10 @@ class Server:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}{self.ws_path}"
+
+    def connect(self, **options: Any) -> connect:
+        """A WebSocket client of this server that presents the test user's credentials."""
+        return connect(self.ws_url, additional_headers=self.ws_headers, **options)
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 from pydantic import ValidationError
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from {{ cookiecutter.package_name }}.heartbeat import HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatSettings
@@ -37,7 +37,7 @@ async def next_frame(ws: ClientConnection) -> dict[str, Any]:
 
 async def open_client(server: Server) -> ClientConnection:
     # No protocol-level pings from the client: only application frames may count as answers.
-    ws = await connect(server.ws_url, ping_interval=None)
+    ws = await server.connect(ping_interval=None)
     welcome = await next_frame(ws)
     assert welcome["type"] == "welcome"
     assert welcome["heartbeat"] == {"interval": INTERVAL, "timeout": TIMEOUT}

@@ -15,7 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.redis_broker import RedisSettings, redacted
@@ -80,7 +80,7 @@ async def next_frame(ws: ClientConnection, seconds: float = 10) -> dict[str, Any
 
 
 async def join(server: Server) -> ClientConnection:
-    ws = await connect(server.ws_url)
+    ws = await server.connect()
     welcome = await next_frame(ws)
     assert welcome["type"] == "welcome"
     assert ROOM in welcome["rooms"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .conftest import Server, StartServer
@@ -26,7 +26,7 @@ async def next_frame(ws: ClientConnection) -> dict[str, Any]:
 
 
 async def join(server: Server) -> ClientConnection:
-    ws = await connect(server.ws_url, additional_headers=server.ws_headers)
+    ws = await server.connect()
     assert (await next_frame(ws))["type"] == "welcome"
     return ws
 
