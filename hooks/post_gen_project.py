@@ -24,6 +24,11 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/rooms.py",
         "tests/test_rooms.py",
     ),
+    "use_redis": (
+        "src/{package_name}/redis_broker.py",
+        "tests/redis_server.py",
+        "tests/test_redis_broker.py",
+    ),
     "use_heartbeats": (
         "src/{package_name}/heartbeat.py",
         "tests/test_heartbeat.py",

@@ -18,6 +18,10 @@ from fastapi.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- if cookiecutter.use_redis %}
+
+from .redis_server import RedisServer
+{%- endif %}
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 
@@ -119,3 +123,26 @@ def wait_until_healthy(server: Server, attempts: int = 100) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"server not healthy after {attempts} tries:\n{server.output()}")
+{%- if cookiecutter.use_redis %}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every test, in process or in a server process, publishes through a real Redis:
+    REDIS_URL when it is set, otherwise a server started here for the session.
+
+    A channel prefix of its own keeps test runs that share one Redis apart.
+    """
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REDIS_CHANNEL_PREFIX", f"test-{os.urandom(4).hex()}:")
+        if url := os.environ.get("REDIS_URL"):
+            yield url
+            return
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        server.start()
+        env.setenv("REDIS_URL", server.url)
+        try:
+            yield server.url
+        finally:
+            server.kill()
+{%- endif %}

@@ -9,6 +9,11 @@ from fastapi import FastAPI
 from starlette import status
 
 from . import __version__
+{%- if cookiecutter.use_redis %}
+from .broker import Broker
+{%- else %}
+from .broker import Broker, LocalBroker
+{%- endif %}
 from .demo import mount_demo
 from .endpoint import Endpoint, OnOpen
 from .health import Readiness, health_router
@@ -18,6 +23,9 @@ from .heartbeat import Heartbeat
 from .hub import Hub
 from .protocol import Protocol, Publish
 from .publishing import Publisher
+{%- if cookiecutter.use_redis %}
+from .redis_broker import RedisBroker
+{%- endif %}
 {%- if cookiecutter.use_rooms %}
 from .rooms import Rooms
 {%- endif %}
@@ -30,8 +38,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     hub = Hub()
     readiness = Readiness()
+{%- if cookiecutter.use_redis %}
+    broker: Broker = RedisBroker(hub, settings.redis)
+    readiness.add_check("redis", lambda: broker.ready)
+{%- else %}
+    broker: Broker = LocalBroker(hub)
+{%- endif %}
+    hub.on_room_opened = broker.subscribe
+    hub.on_room_closed = broker.unsubscribe
     protocol = Protocol()
-    protocol.on("publish", Publish, Publisher(hub).handle)
+    protocol.on("publish", Publish, Publisher(broker).handle)
     on_open: OnOpen | None = None
 {%- if cookiecutter.use_rooms %}
     rooms = Rooms(hub, settings.rooms)
@@ -47,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
 {%- if cookiecutter.use_heartbeats %}
         heartbeat.start()
 {%- endif %}
@@ -57,10 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn has already closed its sockets with 1012; this covers other servers.
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
+        await broker.close()
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.hub = hub
+    app.state.broker = broker
     app.state.protocol = protocol
     app.state.readiness = readiness
     app.add_api_websocket_route(

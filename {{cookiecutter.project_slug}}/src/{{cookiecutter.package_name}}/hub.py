@@ -19,6 +19,7 @@ from starlette import status
 __all__ = ["Connection", "ConnectionState", "Hub", "SlowConsumerPolicy"]
 
 SendText = Callable[[str], Awaitable[None]]
+RoomCallback = Callable[[str], None]
 
 _connection_ids = itertools.count(1)
 
@@ -138,11 +139,15 @@ class Hub:
     """Connections and room membership in this process.
 
     Rooms exist only while they have members: leaving the last member frees the room.
+    `on_room_opened` and `on_room_closed` are told when that happens (the broker subscribes
+    this process to a room only while it has members here); they must not block.
     """
 
     def __init__(self) -> None:
         self._connections: set[Connection] = set()
         self._rooms: dict[str, set[Connection]] = {}
+        self.on_room_opened: RoomCallback = _ignore
+        self.on_room_closed: RoomCallback = _ignore
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -169,7 +174,11 @@ class Hub:
         """Add a member; False if it was one already."""
         if room in connection.rooms:
             return False
-        self._rooms.setdefault(room, set()).add(connection)
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = set()
+            self.on_room_opened(room)
+        members.add(connection)
         connection.rooms.add(room)
         return True
 
@@ -183,6 +192,7 @@ class Hub:
             members.discard(connection)
             if not members:
                 del self._rooms[room]
+                self.on_room_closed(room)
         return True
 
     def deliver(self, room: str, frame: str) -> int:
@@ -196,3 +206,7 @@ class Hub:
     def close_all(self, code: int, reason: str = "") -> None:
         for connection in self:
             connection.close(code, reason)
+
+
+def _ignore(room: str) -> None:
+    pass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .hub import Connection, Hub
+from .broker import Broker
+from .hub import Connection
 from .protocol import ErrorCode, ProtocolError, Publish, encode
 
 __all__ = ["Publisher", "message_frame"]
@@ -15,15 +16,17 @@ def message_frame(room: str, sender: str, data: object) -> str:
 class Publisher:
     """Handles `publish`: members only, and the sender gets its own message back.
 
-    The echo lets a client see where its message landed in the room's order.
+    The echo lets a client see where its message landed in the room's order. The broker
+    carries the message to the members here and in every other process.
     """
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
 
     async def handle(self, connection: Connection, message: Publish) -> None:
         if message.room not in connection.rooms:
             raise ProtocolError(
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"
             )
-        self.hub.deliver(message.room, message_frame(message.room, connection.user, message.data))
+        frame = message_frame(message.room, connection.user, message.data)
+        await self.broker.publish(message.room, frame)

@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .heartbeat import HeartbeatSettings
 {%- endif %}
 from .hub import SlowConsumerPolicy
+{%- if cookiecutter.use_redis %}
+from .redis_broker import RedisSettings
+{%- endif %}
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
 {%- endif %}
@@ -64,6 +67,8 @@ class Settings(BaseModel):
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
 {%- endif %}
+{%- if cookiecutter.use_redis %}
+    redis: RedisSettings = Field(default_factory=RedisSettings)
 {%- if cookiecutter.use_heartbeats %}
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
 {%- endif %}

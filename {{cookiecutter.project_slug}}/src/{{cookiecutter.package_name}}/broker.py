@@ -1,0 +1,80 @@
+"""The Broker: where a published frame goes before it reaches the members of a room.
+
+The hub only knows this process's connections. A broker decides how a frame published here
+reaches every member of the room, wherever they are connected. `LocalBroker`, the default and
+the test double, hands it straight to the hub: one process is the whole world.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+
+from .hub import Hub
+from .protocol import ProtocolError
+
+__all__ = ["Broker", "BrokerErrorCode", "BrokerUnavailable", "LocalBroker"]
+
+
+class BrokerErrorCode(enum.StrEnum):
+    BROKER_UNAVAILABLE = "broker_unavailable"
+
+
+class BrokerUnavailable(ProtocolError):
+    """A publish that could not be handed on: the sender gets an error frame, never silence."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(BrokerErrorCode.BROKER_UNAVAILABLE, detail)
+
+
+class Broker(abc.ABC):
+    """Carries published frames to the members of a room, in this process and in others.
+
+    The hub calls `subscribe` when a room gets its first member in this process and
+    `unsubscribe` when its last one leaves; both are synchronous because the hub is, so an
+    implementation that needs I/O queues the change and applies it in order. A frame arrives
+    already encoded, and is handed to `Hub.deliver` as is, exactly once per process.
+    """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Begin background work; must not wait for an external server to be reachable."""
+
+    @abc.abstractmethod
+    async def publish(self, room: str, frame: str) -> None:
+        """Deliver `frame` to every member of `room`, in every process, exactly once each.
+
+        Frames published by one caller reach each member in the order they were published.
+        Raises BrokerUnavailable when the frame cannot be handed on; nothing was delivered then.
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, room: str) -> None:
+        """From now on, deliver `room`'s frames to this process's hub."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, room: str) -> None:
+        """Stop delivering `room`'s frames to this process."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Stop background work and release connections."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether published frames can be delivered now; readiness reports it."""
+        return True
+
+
+class LocalBroker(Broker):
+    """This process only: a publish is a delivery to the hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def publish(self, room: str, frame: str) -> None:
+        self.hub.deliver(room, frame)
+
+    def subscribe(self, room: str) -> None:
+        pass
+
+    def unsubscribe(self, room: str) -> None:
+        pass
