@@ -69,6 +69,7 @@ class Settings(BaseModel):
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     redis: RedisSettings = Field(default_factory=RedisSettings)
+{%- endif %}
 {%- if cookiecutter.use_heartbeats %}
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
 {%- endif %}
