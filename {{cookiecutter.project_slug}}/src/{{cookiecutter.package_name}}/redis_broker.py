@@ -150,6 +150,15 @@ class RedisBroker(Broker):
             if not waiting:
                 self._echoes.pop(room, None)
 
+    async def listening(self, room: str) -> None:
+        if room in self._confirmed:
+            return
+        event = self._confirmation.setdefault(room, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), self.settings.publish_timeout_seconds)
+        except TimeoutError:
+            raise BrokerUnavailable(f"Redis did not confirm room {room!r}") from None
+
     def subscribe(self, room: str) -> None:
         self._wanted.add(room)
         self._changed.set()

@@ -20,6 +20,9 @@ from .redis_broker import RedisSettings
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
 {%- endif %}
+{%- if cookiecutter.use_sse %}
+from .sse import SseSettings
+{%- endif %}
 
 __all__ = ["HubSettings", "ServerSettings", "Settings"]
 
@@ -72,4 +75,7 @@ class Settings(BaseModel):
 {%- endif %}
 {%- if cookiecutter.use_heartbeats %}
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+    sse: SseSettings = Field(default_factory=SseSettings)
 {%- endif %}
