@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(health_router(readiness, hub))
 {%- if cookiecutter.use_sse %}
+    app.state.sse = sse
     app.include_router(sse.router())
 {%- endif %}
     mount_demo(app)

@@ -214,6 +214,7 @@ class EventStream(Response):
         self.cursor = dict(cursor)
         self.state = StreamState.REPLAYING
         self._send: Send | None = None
+        self._connection: Connection | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
@@ -224,6 +225,7 @@ class EventStream(Response):
             outbox_limit=settings.outbox_limit,
             policy=settings.slow_consumer_policy,
         )
+        self._connection = connection
         # Members first, then the history: what is published meanwhile is queued in the outbox
         # and either replayed or live, never neither; the cursor drops what would be both.
         sse.hub.add(connection)
@@ -299,6 +301,10 @@ class EventStream(Response):
         """The connection's send function: a hub frame becomes an SSE event."""
         if frame == _COMMENT_PING:
             await self._write(": ping\n\n")
+            # A stream cannot answer a heartbeat: it counts as alive while the server can
+            # still hand its writes on (a client that stopped reading blocks them).
+            assert self._connection is not None
+            self._connection.last_seen = asyncio.get_running_loop().time()
             return
         if frame == _HEARTBEAT_PING:
             return
@@ -318,13 +324,9 @@ class EventStream(Response):
         await self._send({"type": "http.response.body", "body": text.encode(), "more_body": True})
 
     async def _ping(self, connection: Connection) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.sse.settings.ping_interval_seconds)
             connection.offer(_COMMENT_PING)
-            # A stream has nothing to answer a heartbeat with: a client counts as alive while
-            # the server can still hand its writes on.
-            connection.last_seen = loop.time()
 
 
 async def _disconnected(receive: Receive) -> None:
