@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -298,7 +299,8 @@ async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: Star
                 ended = True
                 break
         assert ended
-        assert await stopping == 0
+        # uvicorn exits by raising the signal again once it has shut down.
+        assert await stopping in (0, -signal.SIGTERM)
     assert "Cancel" not in server.output(), "streams ended by themselves, not by cancelling"
 
 
