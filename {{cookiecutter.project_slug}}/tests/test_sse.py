@@ -69,9 +69,14 @@ async def open_stream(
         yield stream
 
 
-async def post(base_url: str, data: object, room: str = ROOM) -> str:
-    async with httpx2.AsyncClient(base_url=base_url, timeout=SOON) as client:
-        response = await client.post("/publish", json={"room": room, "data": data})
+async def post(
+    base_url: str, data: object, room: str = ROOM, client: httpx2.AsyncClient | None = None
+) -> str:
+    """Publish over HTTP (on a client of its own unless given one); return the event id."""
+    if client is None:
+        async with httpx2.AsyncClient(base_url=base_url, timeout=SOON) as own:
+            return await post(base_url, data, room, own)
+    response = await client.post(f"{base_url}/publish", json={"room": room, "data": data})
     assert response.status_code == 200, response.text
     event_id: str = response.json()["id"]
     return event_id
@@ -123,9 +128,10 @@ async def test_an_id_older_than_the_history_gets_the_resync_event(
 ) -> None:
     # Redis trims its streams in whole nodes (about 100 entries), so publish well past that.
     server = start_server(SSE_HISTORY_SIZE="3")
-    first = await post(server.http_url, 0)
-    for n in range(1, 250):
-        await post(server.http_url, n)
+    async with httpx2.AsyncClient(timeout=SOON) as client:
+        first = await post(server.http_url, 0, client=client)
+        for n in range(1, 250):
+            await post(server.http_url, n, client=client)
 
     for stale in (f"{ROOM}={first}", f"{ROOM}=999999999999-1", f"{ROOM}=nonsense"):
         async with open_stream(server.http_url, last_event_id=stale) as stream:
@@ -220,10 +226,13 @@ async def test_a_stream_that_stops_reading_delays_nobody_and_is_dropped(
         await wait_for_connections(server, 1)
         payload = "x" * 30_000
         count = 500  # 15 MB: more than the stalled socket's buffers and outbox can hold
-        async with open_stream(server.http_url) as healthy:
+        async with (
+            open_stream(server.http_url) as healthy,
+            httpx2.AsyncClient(timeout=SOON) as client,
+        ):
             received = []
             for n in range(count):
-                await post(server.http_url, [n, payload])
+                await post(server.http_url, [n, payload], client=client)
                 received.append((await healthy.next_message())[1]["data"][0])
             assert received == list(range(count)), "the healthy stream got all, in order"
             await wait_for_connections(server, 1)  # the stalled one was closed and forgotten
