@@ -101,6 +101,16 @@ async def test_events_arrive_with_ids_in_order(start_server: StartServer) -> Non
         assert frame["room"] == ROOM
 
 
+async def test_concurrent_publishes_all_arrive(start_server: StartServer) -> None:
+    # With Redis, an id is given (XADD) before the message is published, so concurrent
+    # publishes may arrive in an order other than their ids': none may be dropped for it.
+    server = start_server()
+    async with open_stream(server.http_url) as stream, httpx2.AsyncClient(timeout=SOON) as client:
+        posted = await asyncio.gather(*(post(server.http_url, n, client=client) for n in range(50)))
+        received = [await stream.next_message() for _ in range(50)]
+    assert sorted(frame["id"] for _, frame in received) == sorted(posted)
+
+
 async def test_resume_with_last_event_id_gets_exactly_the_missed_events(
     start_server: StartServer,
 ) -> None:

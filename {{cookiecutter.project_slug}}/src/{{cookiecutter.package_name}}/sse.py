@@ -215,6 +215,10 @@ class EventStream(Response):
         self.state = StreamState.REPLAYING
         self._send: Send | None = None
         self._connection: Connection | None = None
+        # Ids replayed from the history that may also arrive live: each is dropped once. Not
+        # "every id up to the cursor": publishes from different connections may arrive in an
+        # order other than their ids' (their append and publish interleave), and none is lost.
+        self._replayed: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
@@ -227,7 +231,7 @@ class EventStream(Response):
         )
         self._connection = connection
         # Members first, then the history: what is published meanwhile is queued in the outbox
-        # and either replayed or live, never neither; the cursor drops what would be both.
+        # and either replayed or live, never neither; `_replayed` drops what would be both.
         sse.hub.add(connection)
         sse.streams.add(connection)
         tasks: list[asyncio.Task[None]] = []
@@ -291,15 +295,22 @@ class EventStream(Response):
             frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
             await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
         for _, room, event_id, frame in sorted(missed):
+            self._replayed.add(event_id)
             await self._write(self._event("message", room, event_id, with_id(frame, event_id)))
 
     def _event(self, event: str, room: str, event_id: str, frame: str) -> str:
-        self.cursor[room] = event_id
+        # The cursor only moves forward, so a resume never replays what was already sent.
+        seen = self.cursor.get(room)
+        if seen is None or order(event_id) > order(seen):
+            self.cursor[room] = event_id
         return f"id: {urlencode(self.cursor)}\nevent: {event}\ndata: {frame}\n\n"
 
     async def _write_frame(self, frame: str) -> None:
         """The connection's send function: a hub frame becomes an SSE event."""
         if frame == _COMMENT_PING:
+            # A ping interval after the replay, every message stored before it was read has
+            # long reached the broker: none can arrive twice any more.
+            self._replayed.clear()
             await self._write(": ping\n\n")
             # A stream cannot answer a heartbeat: it counts as alive while the server can
             # still hand its writes on (a client that stopped reading blocks them).
@@ -314,9 +325,9 @@ class EventStream(Response):
         if not isinstance(room, str) or not isinstance(event_id, str):
             await self._write(f"event: {event}\ndata: {frame}\n\n")
             return
-        seen = self.cursor.get(room)
-        if seen is not None and order(event_id) <= order(seen):
-            return  # already replayed
+        if self._replayed and event_id in self._replayed:
+            self._replayed.discard(event_id)
+            return
         await self._write(self._event(event, room, event_id, frame))
 
     async def _write(self, text: str) -> None:
