@@ -20,7 +20,8 @@ ANSWERS_FILE = ".template-answers.json"
 
 # The one list of which paths belong to which feature. A key is a feature answer: a boolean
 # prompt ("use_rooms") keeps its paths when true; "question=value" keeps them when the answer
-# equals the value. Paths are relative to the project root; "{package_name}" is filled in.
+# equals the value; "a&b" keeps them when both hold (files two features share). Paths are
+# relative to the project root; "{package_name}" is filled in.
 MANIFEST: dict[str, tuple[str, ...]] = {
     "use_rooms": (
         "src/{package_name}/rooms.py",
@@ -30,6 +31,14 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/redis_broker.py",
         "tests/redis_server.py",
         "tests/test_redis_broker.py",
+    ),
+    "use_sse": (
+        "src/{package_name}/sse.py",
+        "tests/test_sse.py",
+    ),
+    "use_sse&use_redis": (
+        "src/{package_name}/sse_redis.py",
+        "tests/test_sse_redis.py",
     ),
     "use_heartbeats": (
         "src/{package_name}/heartbeat.py",
@@ -51,7 +60,9 @@ SECRET_SETTING = "AUTH_SECRET"
 
 
 def is_chosen(feature: str, answers: dict[str, object]) -> bool:
-    """Whether a manifest key holds for these answers."""
+    """Whether a manifest key holds for these answers: every one of its "&" parts must."""
+    if "&" in feature:
+        return all(is_chosen(part, answers) for part in feature.split("&"))
     question, equals, value = feature.partition("=")
     if question not in answers:
         raise KeyError(f"the manifest names {question!r}, which is not a question")

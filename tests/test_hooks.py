@@ -95,17 +95,32 @@ def test_is_chosen_refuses_unknown_questions_and_bare_choice_questions() -> None
         post_gen.is_chosen("auth", {"auth": "cookie"})
 
 
+def test_is_chosen_for_features_that_need_several_answers() -> None:
+    answers = {"use_sse": True, "use_redis": False, "auth": "cookie"}
+    assert not post_gen.is_chosen("use_sse&use_redis", answers)
+    assert post_gen.is_chosen("use_sse&use_redis", answers | {"use_redis": True})
+    assert post_gen.is_chosen("use_sse&auth=cookie", answers)
+    assert not post_gen.is_chosen("use_sse&auth=none", answers)
+    with pytest.raises(KeyError, match="use_nothing"):
+        post_gen.is_chosen("use_sse&use_nothing", answers)
+
+
+def manifest_parts() -> list[str]:
+    """Every single-answer condition the manifest's keys are made of."""
+    return [part for feature in post_gen.MANIFEST for part in feature.split("&")]
+
+
 def test_manifest_names_only_questions_that_exist() -> None:
-    for feature in post_gen.MANIFEST:
-        question = feature.partition("=")[0]
+    for part in manifest_parts():
+        question = part.partition("=")[0]
         assert question in QUESTIONS, f"MANIFEST names {question!r}, not in cookiecutter.json"
 
 
 def all_features(chosen: bool) -> dict[str, object]:
     """Answers that choose every manifest feature, or none of them."""
     answers: dict[str, object] = valid_answers()
-    for feature in post_gen.MANIFEST:
-        question, equals, value = feature.partition("=")
+    for part in manifest_parts():
+        question, equals, value = part.partition("=")
         if not equals:
             answers[question] = chosen
         elif chosen:

@@ -85,6 +85,9 @@ class Server:
     # The credentials a client presents at the handshake, when the service checks them.
     ws_path: str = "/ws"
     ws_headers: dict[str, str] = field(default_factory=dict)
+    # The same credentials for the HTTP routes.
+    http_params: dict[str, str] = field(default_factory=dict)
+    http_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def http_url(self) -> str:
@@ -97,6 +100,12 @@ class Server:
     def connect(self, **options: Any) -> connect:
         """A WebSocket client of this server that presents the test user's credentials."""
         return connect(self.ws_url, additional_headers=self.ws_headers, **options)
+
+    def http_client(self, **options: Any) -> httpx2.AsyncClient:
+        """An HTTP client of this server that presents the test user's credentials."""
+        return httpx2.AsyncClient(
+            base_url=self.http_url, params=self.http_params, headers=self.http_headers, **options
+        )
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -145,9 +154,11 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
 {%- if cookiecutter.auth == "query_token" %}
         token = issue_token("tester", 3600, TokenSettings(secret=env["AUTH_SECRET"]))
         server.ws_path = f"/ws?token={token}"
+        server.http_params = {"token": token}
 {%- elif cookiecutter.auth == "cookie" %}
         session = SessionSigner(env["AUTH_SECRET"]).sign("tester", time.time() + 3600)
         server.ws_headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+        server.http_headers = server.ws_headers
 {%- endif %}
         servers.append(server)
         wait_until_healthy(server)

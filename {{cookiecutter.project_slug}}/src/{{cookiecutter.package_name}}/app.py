@@ -35,6 +35,12 @@ from .redis_broker import RedisBroker
 from .rooms import Rooms
 {%- endif %}
 from .settings import Settings
+{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
+from .sse import History, ServerSentEvents, http_user
+from .sse_redis import RedisHistory
+{%- elif cookiecutter.use_sse %}
+from .sse import History, LocalHistory, ServerSentEvents, http_user
+{%- endif %}
 
 __all__ = ["create_app"]
 
@@ -52,12 +58,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hub.on_room_opened = broker.subscribe
     hub.on_room_closed = broker.unsubscribe
     protocol = Protocol()
-    protocol.on("publish", Publish, Publisher(broker).handle)
+    publisher = Publisher(broker)
+{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
+    history: History = RedisHistory(settings.redis, settings.sse.history_size)
+{%- elif cookiecutter.use_sse %}
+    history: History = LocalHistory(settings.sse.history_size)
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+    # Every message gets its event id once, here, before any subscriber sees it.
+    publisher.stamp = history.append
+{%- endif %}
+    protocol.on("publish", Publish, publisher.handle)
     on_open: OnOpen | None = None
 {%- if cookiecutter.use_rooms %}
     rooms = Rooms(hub, settings.rooms)
     rooms.register(protocol)
     on_open = rooms.on_open
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+    sse_settings = settings.sse
+{%- endif %}
+{%- if cookiecutter.use_sse and cookiecutter.use_heartbeats %}
+    # One rhythm for every client: SSE comment pings follow the heartbeat's interval.
+    sse_settings = sse_settings.model_copy(
+        update={"ping_interval_seconds": settings.heartbeat.interval_seconds}
+    )
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+    sse = ServerSentEvents(
+        hub, publisher, history, sse_settings, settings.hub, listening=broker.listening
+    )
+{%- endif %}
+{%- if cookiecutter.use_sse and cookiecutter.use_rooms %}
+    sse.check_room = rooms.check_name
 {%- endif %}
     welcome: dict[str, object] = {}
 {%- if cookiecutter.use_heartbeats %}
@@ -73,6 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = CookieAuth(settings.auth)
     identify = auth.identify
 {%- endif %}
+{%- if cookiecutter.use_sse %}
+    sse.identify = http_user(identify)
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +116,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_heartbeats %}
         heartbeat.start()
 {%- endif %}
+{%- if cookiecutter.use_sse %}
+        sse.watch_exit_signals()
+{%- endif %}
         yield
+{%- if cookiecutter.use_sse %}
+        sse.unwatch_exit_signals()
+        sse.close_all()
+{%- endif %}
 {%- if cookiecutter.use_heartbeats %}
         await heartbeat.stop()
 {%- endif %}
@@ -88,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
         await broker.close()
+{%- if cookiecutter.use_sse %}
+        await history.close()
+{%- endif %}
 
     app = FastAPI(title="{{ cookiecutter.project_name }}", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -103,5 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router())
 {%- endif %}
     app.include_router(health_router(readiness, hub))
+{%- if cookiecutter.use_sse %}
+    app.state.sse = sse
+    app.include_router(sse.router())
+{%- endif %}
     mount_demo(app)
     return app

@@ -146,8 +146,13 @@ class CookieAuth:
     def origin_allowed(self, request: HTTPConnection) -> bool:
         origin = request.headers.get("origin")
         if not origin:
-            # Browsers always send one on a WebSocket; a client that does not is no browser.
-            return False
+            # Browsers send one on every WebSocket handshake and every POST. A same-origin GET
+            # (an EventSource) may come without one, and is safe: the SameSite=Lax cookie is not
+            # sent with another site's subresource requests, nor could that site read the answer.
+            return request.scope["type"] == "http" and request.scope.get("method") in (
+                "GET",
+                "HEAD",
+            )
         origin = origin.lower()
         if origin in self._allowed:
             return True

@@ -55,6 +55,13 @@ class Broker(abc.ABC):
     def unsubscribe(self, room: str) -> None:
         """Stop delivering `room`'s frames to this process."""
 
+    async def listening(self, room: str) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Return once frames published to `room` from now on reach this process.
+
+        A subscriber that reads a room's history after joining it (SSE resume) waits for this
+        first, so that no message falls between the history and the live frames.
+        """
+
     async def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Stop background work and release connections."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import WebSocket
+from starlette.requests import HTTPConnection
 
 __all__ = ["SESSION_EXPIRED", "HandshakeRefused", "Identify", "Identity", "anonymous"]
 
@@ -38,9 +38,11 @@ class Identity:
     expires_at: float | None = None
 
 
-Identify = Callable[[WebSocket], Awaitable[Identity]]
+# It reads only what a WebSocket upgrade and a plain HTTP request share, so the HTTP routes
+# (Server-Sent Events, publish) check clients the same way.
+Identify = Callable[[HTTPConnection], Awaitable[Identity]]
 
 
-async def anonymous(websocket: WebSocket) -> Identity:
+async def anonymous(connection: HTTPConnection) -> Identity:
     """The identity of every client when the service has no authentication."""
     return Identity("anonymous")

@@ -123,6 +123,13 @@ class RedisBroker(Broker):
     async def publish(self, room: str, frame: str) -> None:
         if not self._connected:
             raise BrokerUnavailable(f"Redis at {redacted(self.settings.url)} is unreachable")
+        if room not in self._wanted:
+            # No member here (a publish over HTTP): nobody here waits to hear it back.
+            try:
+                await self._redis.publish(self._prefix + room, frame)
+            except (RedisError, OSError) as error:
+                raise BrokerUnavailable(f"Redis refused the message: {error}") from None
+            return
         # This process must hear the channel before publishing to it, or the sender would miss
         # its own message: a new subscription is confirmed on the listener connection.
         if room not in self._confirmed:
@@ -149,6 +156,15 @@ class RedisBroker(Broker):
                 waiting.remove(echo)
             if not waiting:
                 self._echoes.pop(room, None)
+
+    async def listening(self, room: str) -> None:
+        if room in self._confirmed:
+            return
+        event = self._confirmation.setdefault(room, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), self.settings.publish_timeout_seconds)
+        except TimeoutError:
+            raise BrokerUnavailable(f"Redis did not confirm room {room!r}") from None
 
     def subscribe(self, room: str) -> None:
         self._wanted.add(room)

@@ -83,14 +83,18 @@ class Rooms:
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, f"not in room {message.room!r}")
         connection.offer(encode({"type": "left", "room": message.room}))
 
-    def _admit(self, connection: Connection, room: str) -> None:
-        """Join `room` if its name is valid and the cap allows; joining twice is fine."""
+    def check_name(self, room: str) -> None:
+        """Raise ProtocolError unless `room` is a valid room name."""
         limit = self.settings.max_name_length
         if not 0 < len(room) <= limit or not self._name.fullmatch(room):
             raise ProtocolError(
                 RoomErrorCode.INVALID_ROOM,
                 f"room names are 1-{limit} characters matching {self.settings.name_pattern}",
             )
+
+    def _admit(self, connection: Connection, room: str) -> None:
+        """Join `room` if its name is valid and the cap allows; joining twice is fine."""
+        self.check_name(room)
         cap = self.settings.max_rooms_per_connection
         if room not in connection.rooms and len(connection.rooms) >= cap:
             raise ProtocolError(RoomErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")

@@ -25,6 +25,9 @@ from .redis_broker import RedisSettings
 {%- if cookiecutter.use_rooms %}
 from .rooms import RoomSettings
 {%- endif %}
+{%- if cookiecutter.use_sse %}
+from .sse import SseSettings
+{%- endif %}
 
 __all__ = ["HubSettings", "ServerSettings", "Settings"]
 
@@ -82,4 +85,7 @@ class Settings(BaseModel):
     auth: TokenSettings = Field(default_factory=TokenSettings)
 {%- elif cookiecutter.auth == "cookie" %}
     auth: CookieSettings = Field(default_factory=CookieSettings)
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+    sse: SseSettings = Field(default_factory=SseSettings)
 {%- endif %}

@@ -1,0 +1,468 @@
+"""Server-Sent Events: a stream of one or more rooms over plain HTTP, resumable by event id.
+
+`GET /sse?room=a&room=b` streams the rooms' messages as `text/event-stream`. Each message was
+given an event id once, when it was published (`History.append`), so WebSocket and SSE
+subscribers in every process see the same id. The SSE `id:` of an event is the stream's cursor:
+the last event id of every room of the stream (`a=17&b=9`), which the browser sends back as
+`Last-Event-ID` when it reconnects. The stream then first replays, from each room's bounded
+history, exactly the events after the cursor, in order, then goes live. A room whose position
+is older than its history (or unknown, e.g. after an in-memory history was lost to a restart)
+gets one `resync` event instead of a silent gap.
+
+An SSE stream is a hub `Connection` whose writer writes to the HTTP response: rooms, broker
+subscriptions (Redis too), the bounded outbox and the slow-consumer policy are the WebSocket's.
+`POST /publish` sends a message through the same `Publisher` path as a WebSocket `publish`.
+
+uvicorn gives a streaming response no sign of a shutdown (it waits for it to end, up to
+`SERVER_SHUTDOWN_TIMEOUT_SECONDS`, then cancels it), so `ServerSentEvents.watch_exit_signals`
+chains onto the server's SIGTERM and SIGINT handlers and ends every open stream at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette import status
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from .hub import Connection, Hub
+from .identity import HandshakeRefused, Identify
+from .protocol import DEFAULT_ROOM, ProtocolError, encode
+from .publishing import Publisher, with_id
+
+if TYPE_CHECKING:
+    from .settings import HubSettings
+
+__all__ = [
+    "History",
+    "IdentifyRequest",
+    "LocalHistory",
+    "PublishBody",
+    "ServerSentEvents",
+    "SseSettings",
+    "anonymous_request",
+    "http_user",
+    "only_the_default_room",
+]
+
+logger = logging.getLogger(__name__)
+
+# The SSE `event:` of the frame telling a client its position in some rooms is lost.
+RESYNC = "resync"
+# A frame the heartbeat offers every connection; SSE streams send comment pings of their own.
+_HEARTBEAT_PING = encode({"type": "ping"})
+# Not JSON, so no frame can be it: the stream's own ping, queued behind the frames before it.
+_COMMENT_PING = ":ping"
+
+
+class SseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SSE_", env_file=".env", extra="ignore")
+
+    # Events kept per room for clients that reconnect with Last-Event-ID; a client away for
+    # longer than this many events of one room gets a `resync` event for it.
+    history_size: int = Field(default=1000, ge=1)
+    # Seconds between comment pings: they keep idle streams open through proxies.
+    ping_interval_seconds: float = Field(default=15.0, gt=0)
+    # The `retry:` hint: how long a browser's EventSource waits before reconnecting.
+    retry_milliseconds: int = Field(default=3000, ge=0)
+    # Rooms one stream may follow at once.
+    max_rooms_per_stream: int = Field(default=32, ge=1)
+
+
+class History(abc.ABC):
+    """Each room's recent messages, and the one place event ids are assigned.
+
+    `append` is called once per message, before it is published, so the id travels inside the
+    frame to every subscriber. Ids are strings, increasing within a room.
+    """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Begin background work, if any."""
+
+    @abc.abstractmethod
+    async def append(self, room: str, frame: str) -> str:
+        """Record `frame` (without its id) as the room's newest event; return its id."""
+
+    @abc.abstractmethod
+    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
+        """The events of `room` after `last_id`, oldest first, as (id, frame without id).
+
+        None when `last_id` is not in the history any more, or never was: the client must
+        resync, since some events it missed are gone.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+        """Release connections."""
+
+
+class LocalHistory(History):
+    """This process only, in memory: one bounded deque per room, ids counted from 1.
+
+    Lost on restart, and not shared between processes: ids are `epoch-n`, the epoch being
+    when this history began, so an id from another life or process is unknown (resync).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._events: dict[str, deque[tuple[int, str]]] = {}
+        self._last: dict[str, int] = {}
+        # Ids of an earlier life of this process (or another process) never match.
+        self._epoch = str(time.time_ns() // 1000)
+
+    async def append(self, room: str, frame: str) -> str:
+        number = self._last.get(room, 0) + 1
+        self._last[room] = number
+        events = self._events.get(room)
+        if events is None:
+            events = self._events[room] = deque(maxlen=self.size)
+        events.append((number, frame))
+        return f"{self._epoch}-{number}"
+
+    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
+        epoch, _, number_text = last_id.rpartition("-")
+        if epoch != self._epoch or not number_text.isdigit():
+            return None
+        number = int(number_text)
+        last = self._last.get(room, 0)
+        events = self._events.get(room)
+        if number > last:
+            return None
+        if number == last:
+            return []
+        # Known only if the event right after it is still held.
+        if events is None or events[0][0] > number + 1:
+            return None
+        return [(f"{self._epoch}-{n}", frame) for n, frame in events if n > number]
+
+
+def order(event_id: str) -> tuple[int, ...]:
+    """Sort key of an id: `epoch-n` here, `milliseconds-sequence` in Redis."""
+    return tuple(int(part) for part in event_id.split("-") if part.isdigit())
+
+
+def parse_cursor(value: str | None) -> dict[str, str]:
+    """A `Last-Event-ID` (`room=id&room=id`) as room to last id; garbage reads as nothing."""
+    if not value:
+        return {}
+    return dict(parse_qsl(value, keep_blank_values=False))
+
+
+IdentifyRequest = Callable[[Request], Awaitable[str]]
+CheckRoom = Callable[[str], None]
+
+
+async def anonymous_request(request: Request) -> str:
+    """The identity of every HTTP client when the service has no authentication."""
+    return "anonymous"
+
+
+def http_user(identify: Identify) -> IdentifyRequest:
+    """The handshake check (auth) for the HTTP routes: a refusal becomes the same 401/403."""
+
+    async def user(request: Request) -> str:
+        try:
+            return (await identify(request)).user
+        except HandshakeRefused as refusal:
+            raise HTTPException(refusal.status_code, refusal.detail) from None
+
+    return user
+
+
+def only_the_default_room(room: str) -> None:
+    """Without the rooms feature there is one broadcast channel."""
+    if room != DEFAULT_ROOM:
+        raise ProtocolError("invalid_room", f"this service has one room, {DEFAULT_ROOM!r}")
+
+
+class PublishBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: JsonValue
+    room: str = DEFAULT_ROOM
+
+
+class StreamState(enum.Enum):
+    REPLAYING = "replaying"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+class EventStream(Response):
+    """One SSE client: replay after its cursor, then the live frames the hub gives it."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, sse: ServerSentEvents, user: str, rooms: list[str], cursor: dict[str, str]
+    ) -> None:
+        # Not Response.__init__: it would declare a body of length 0.
+        self.status_code = status.HTTP_200_OK
+        self.background = None
+        self.init_headers(
+            {
+                # Proxies must pass each event on at once, and caches must not keep any.
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        self.sse = sse
+        self.user = user
+        self.rooms = rooms
+        self.cursor = dict(cursor)
+        self.state = StreamState.REPLAYING
+        self._send: Send | None = None
+        self._connection: Connection | None = None
+        # Ids replayed from the history that may also arrive live: each is dropped once. Not
+        # "every id up to the cursor": publishes from different connections may arrive in an
+        # order other than their ids' (their append and publish interleave), and none is lost.
+        self._replayed: set[str] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        sse, settings = self.sse, self.sse.hub_settings
+        connection = Connection(
+            self._write_frame,
+            user=self.user,
+            outbox_limit=settings.outbox_limit,
+            policy=settings.slow_consumer_policy,
+        )
+        self._connection = connection
+        # Members first, then the history: what is published meanwhile is queued in the outbox
+        # and either replayed or live, never neither; `_replayed` drops what would be both.
+        sse.hub.add(connection)
+        sse.streams.add(connection)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for room in self.rooms:
+                sse.hub.join(connection, room)
+            try:
+                await sse.listening(self.rooms)
+            except ProtocolError as unavailable:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": unavailable.detail.encode()})
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
+            tasks = [
+                asyncio.create_task(self._deliver(connection), name=f"writer-{connection.id}"),
+                asyncio.create_task(self._ping(connection), name=f"ping-{connection.id}"),
+                asyncio.create_task(_disconnected(receive), name=f"receive-{connection.id}"),
+            ]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Nothing here awaits: cleanup must also complete when this task is cancelled.
+            self.state = StreamState.ENDED
+            for task in tasks:
+                task.cancel()
+            sse.streams.discard(connection)
+            sse.hub.remove(connection)
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.debug("%s ended by %r", task.get_name(), error)
+        # End the response, unless the client is gone or stopped reading (then uvicorn drops it).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                send({"type": "http.response.body", "body": b"", "more_body": False}),
+                timeout=settings.close_timeout_seconds,
+            )
+
+    async def _deliver(self, connection: Connection) -> None:
+        """The missed events, then the live ones: the only code that writes events."""
+        await self._replay()
+        self.state = StreamState.LIVE
+        # Cancelling this task (the stream ends) cancels the writer it waits for.
+        await connection.start_writer()
+
+    async def _replay(self) -> None:
+        missed: list[tuple[tuple[int, ...], str, str, str]] = []
+        lost: list[str] = []
+        for room in self.rooms:
+            last_id = self.cursor.get(room)
+            if last_id is None:
+                continue
+            events = await self.sse.history.since(room, last_id)
+            if events is None:
+                lost.append(room)
+                del self.cursor[room]
+                continue
+            missed += [(order(event_id), room, event_id, frame) for event_id, frame in events]
+        if lost:
+            detail = "events were missed and are no longer kept: reload the state of these rooms"
+            frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
+            await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
+        for _, room, event_id, frame in sorted(missed):
+            self._replayed.add(event_id)
+            await self._write(self._event("message", room, event_id, with_id(frame, event_id)))
+
+    def _event(self, event: str, room: str, event_id: str, frame: str) -> str:
+        # The cursor only moves forward, so a resume never replays what was already sent.
+        seen = self.cursor.get(room)
+        if seen is None or order(event_id) > order(seen):
+            self.cursor[room] = event_id
+        return f"id: {urlencode(self.cursor)}\nevent: {event}\ndata: {frame}\n\n"
+
+    async def _write_frame(self, frame: str) -> None:
+        """The connection's send function: a hub frame becomes an SSE event."""
+        if frame == _COMMENT_PING:
+            # A ping interval after the replay, every message stored before it was read has
+            # long reached the broker: none can arrive twice any more.
+            self._replayed.clear()
+            await self._write(": ping\n\n")
+            # A stream cannot answer a heartbeat: it counts as alive while the server can
+            # still hand its writes on (a client that stopped reading blocks them).
+            assert self._connection is not None
+            self._connection.last_seen = asyncio.get_running_loop().time()
+            return
+        if frame == _HEARTBEAT_PING:
+            return
+        payload: dict[str, Any] = json.loads(frame)
+        event = str(payload.get("type", "message"))
+        room, event_id = payload.get("room"), payload.get("id")
+        if not isinstance(room, str) or not isinstance(event_id, str):
+            await self._write(f"event: {event}\ndata: {frame}\n\n")
+            return
+        if self._replayed and event_id in self._replayed:
+            self._replayed.discard(event_id)
+            return
+        await self._write(self._event(event, room, event_id, frame))
+
+    async def _write(self, text: str) -> None:
+        assert self._send is not None
+        await self._send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+
+    async def _ping(self, connection: Connection) -> None:
+        while True:
+            await asyncio.sleep(self.sse.settings.ping_interval_seconds)
+            connection.offer(_COMMENT_PING)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ServerSentEvents:
+    """The `/sse` and `/publish` routes, and the open streams of this process."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        publisher: Publisher,
+        history: History,
+        settings: SseSettings,
+        hub_settings: HubSettings,
+        *,
+        identify: IdentifyRequest = anonymous_request,
+        check_room: CheckRoom = only_the_default_room,
+        listening: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.publisher = publisher
+        self.history = history
+        self.settings = settings
+        self.hub_settings = hub_settings
+        self.identify = identify
+        self.check_room = check_room
+        self._listening = listening
+        self.streams: set[Connection] = set()
+        self._restore: dict[int, Any] = {}
+
+    async def listening(self, rooms: list[str]) -> None:
+        """Wait until this process hears the rooms (a Redis subscription is confirmed)."""
+        if self._listening is not None:
+            for room in rooms:
+                await self._listening(room)
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["sse"])
+        identify = self.identify
+
+        @router.get("/sse", response_class=EventStream)
+        async def stream(request: Request, user: str = Depends(identify)) -> EventStream:
+            rooms = list(dict.fromkeys(request.query_params.getlist("room"))) or [DEFAULT_ROOM]
+            if len(rooms) > self.settings.max_rooms_per_stream:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"a stream may follow {self.settings.max_rooms_per_stream} rooms",
+                )
+            for room in rooms:
+                self._check(room)
+            cursor = parse_cursor(
+                request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+            )
+            return EventStream(self, user, rooms, cursor)
+
+        @router.post("/publish")
+        async def publish(body: PublishBody, user: str = Depends(identify)) -> dict[str, object]:
+            self._check(body.room)
+            try:
+                event_id = await self.publisher.publish(body.room, user, body.data)
+            except ProtocolError as error:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE, f"{error.code}: {error.detail}"
+                ) from None
+            return {"room": body.room, "id": event_id}
+
+        return router
+
+    def _check(self, room: str) -> None:
+        try:
+            self.check_room(room)
+        except ProtocolError as error:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{error.code}: {error.detail}"
+            ) from None
+
+    def close_all(self) -> None:
+        """End every open stream; the client's EventSource reconnects (elsewhere)."""
+        for connection in tuple(self.streams):
+            connection.close(status.WS_1012_SERVICE_RESTART, "server shutting down")
+
+    def watch_exit_signals(self) -> None:
+        """End the streams as soon as the server is told to exit, then let it handle that.
+
+        Only in the main thread, where the server installed its handlers; `unwatch_exit_signals`
+        puts them back.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def on_exit(
+                number: int, frame: FrameType | None, previous: Callable[..., Any] = previous
+            ) -> None:
+                loop.call_soon_threadsafe(self.close_all)
+                previous(number, frame)
+
+            signal.signal(signum, on_exit)
+            self._restore[signum] = previous
+
+    def unwatch_exit_signals(self) -> None:
+        for signum, previous in self._restore.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, previous)
+        self._restore.clear()

@@ -1,0 +1,357 @@
+"""Server-Sent Events against a real uvicorn: ids in order, Last-Event-ID resume, the resync
+event, publish over HTTP reaching WebSocket and SSE subscribers, slow and vanished clients,
+and shutdown with streams open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx2
+import pytest
+import uvicorn
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
+from {{ cookiecutter.package_name }}.settings import Settings
+from {{ cookiecutter.package_name }}.sse import LocalHistory, order
+
+from .conftest import Server, StartServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+ROOM = DEFAULT_ROOM
+# How long anything that should be quick may take: an event arriving, a stream opening.
+SOON = 10.0
+
+
+class Stream:
+    """One open `/sse` response, read event by event."""
+
+    def __init__(self, events: AsyncIterator[httpx2.ServerSentEvent], response: Any) -> None:
+        self._events = events
+        self.response = response
+
+    async def next(self) -> httpx2.ServerSentEvent:
+        return await asyncio.wait_for(anext(self._events), timeout=SOON)
+
+    async def next_message(self) -> tuple[str, dict[str, Any]]:
+        """The next `message` event: its SSE id (the cursor) and its frame."""
+        while True:
+            event = await self.next()
+            if event.event == "message" and event.data:
+                frame: dict[str, Any] = json.loads(event.data)
+                return event.id, frame
+
+
+@asynccontextmanager
+async def open_stream(
+    server: Server, *, last_event_id: str | None = None, rooms: tuple[str, ...] = ()
+) -> AsyncIterator[Stream]:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    params = {"room": list(rooms)}
+    async with (
+        server.http_client(timeout=SOON) as client,
+        client.sse("/sse", headers=headers, params=params) as source,
+    ):
+        events = aiter(source)
+        stream = Stream(events, source.response)
+        # The first event is the retry hint, sent once the stream is subscribed.
+        first = await stream.next()
+        assert first.retry is not None
+        yield stream
+
+
+async def post(
+    server: Server, data: object, room: str = ROOM, client: httpx2.AsyncClient | None = None
+) -> str:
+    """Publish over HTTP (on a client of its own unless given one); return the event id."""
+    if client is None:
+        async with server.http_client(timeout=SOON) as own:
+            return await post(server, data, room, own)
+    response = await client.post("/publish", json={"room": room, "data": data})
+    assert response.status_code == 200, response.text
+    event_id: str = response.json()["id"]
+    return event_id
+
+
+async def test_events_arrive_with_ids_in_order(start_server: StartServer) -> None:
+    server = start_server()
+    async with open_stream(server) as stream:
+        assert stream.response.headers["cache-control"] == "no-cache"
+        assert stream.response.headers["x-accel-buffering"] == "no"
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
+        posted = [await post(server, n) for n in range(20)]
+        received = [await stream.next_message() for _ in range(20)]
+
+    assert [frame["data"] for _, frame in received] == list(range(20))
+    assert [frame["id"] for _, frame in received] == posted, "the ids the publisher got"
+    assert sorted(posted, key=order) == posted
+    assert len(set(posted)) == 20
+    for cursor, frame in received:
+        assert dict(parse_qsl(cursor)) == {ROOM: frame["id"]}
+        assert frame["type"] == "message"
+        assert frame["room"] == ROOM
+
+
+async def test_concurrent_publishes_all_arrive(start_server: StartServer) -> None:
+    # With Redis, an id is given (XADD) before the message is published, so concurrent
+    # publishes may arrive in an order other than their ids': none may be dropped for it.
+    server = start_server()
+    async with open_stream(server) as stream, server.http_client(timeout=SOON) as client:
+        posted = await asyncio.gather(*(post(server, n, client=client) for n in range(50)))
+        received = [await stream.next_message() for _ in range(50)]
+    assert sorted(frame["id"] for _, frame in received) == sorted(posted)
+
+
+async def test_resume_with_last_event_id_gets_exactly_the_missed_events(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    async with open_stream(server) as stream:
+        for n in range(3):
+            await post(server, n)
+        seen = [await stream.next_message() for _ in range(3)]
+    last_cursor = seen[-1][0]
+    missed = [await post(server, n) for n in range(3, 8)]
+
+    async with open_stream(server, last_event_id=last_cursor) as stream:
+        replayed = [await stream.next_message() for _ in range(5)]
+        live = await post(server, 8)
+        after = await stream.next_message()
+
+    assert [frame["id"] for _, frame in replayed] == missed
+    assert [frame["data"] for _, frame in replayed] == [3, 4, 5, 6, 7]
+    assert after[1]["id"] == live, "then the live stream, with nothing repeated in between"
+    assert after[1]["data"] == 8
+
+
+async def test_an_id_older_than_the_history_gets_the_resync_event(
+    start_server: StartServer,
+) -> None:
+    # Redis trims its streams in whole nodes (about 100 entries), so publish well past that.
+    server = start_server(SSE_HISTORY_SIZE="3")
+    async with server.http_client(timeout=SOON) as client:
+        first = await post(server, 0, client=client)
+        for n in range(1, 250):
+            await post(server, n, client=client)
+
+    for stale in (f"{ROOM}={first}", f"{ROOM}=999999999999-1", f"{ROOM}=nonsense"):
+        async with open_stream(server, last_event_id=stale) as stream:
+            event = await stream.next()
+            assert event.event == "resync", stale
+            assert json.loads(event.data)["rooms"] == [ROOM]
+            # The stream goes on live.
+            live = await post(server, "live")
+            assert (await stream.next_message())[1]["id"] == live
+
+
+async def test_publish_over_http_reaches_websocket_and_sse_subscribers(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    async with server.connect() as ws, open_stream(server) as stream:
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        assert welcome["type"] == "welcome"
+
+        event_id = await post(server, {"text": "over http"})
+        over_ws = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        _, over_sse = await stream.next_message()
+        assert over_ws == over_sse
+        assert over_ws["id"] == event_id
+        assert over_ws["data"] == {"text": "over http"}
+
+        # And the other way: a WebSocket publish reaches the SSE subscriber, with its id.
+        await ws.send(json.dumps({"type": "publish", "data": "over ws"}))
+        echo = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        _, from_ws = await stream.next_message()
+        assert from_ws == echo
+        assert from_ws["data"] == "over ws"
+        assert order(from_ws["id"]) > order(event_id)
+
+
+async def test_invalid_rooms_are_refused_before_streaming(start_server: StartServer) -> None:
+    server = start_server()
+    async with server.http_client(timeout=SOON) as client:
+        response = await client.get("/sse", params={"room": "no such room!"})
+        assert response.status_code == 422
+        response = await client.post("/publish", json={"room": "no such room!", "data": 1})
+        assert response.status_code == 422
+
+
+async def test_comment_pings_keep_an_idle_stream_open(start_server: StartServer) -> None:
+    # With heartbeats the pings follow HEARTBEAT_INTERVAL_SECONDS, and a stream must survive
+    # the heartbeat's sweep of silent connections: a stream has nothing to answer with.
+    fast = {"SSE_PING_INTERVAL_SECONDS": "0.1", "HEARTBEAT_INTERVAL_SECONDS": "0.1"}
+    server = start_server(**fast, HEARTBEAT_TIMEOUT_SECONDS="0.1")
+    async with (
+        server.http_client(timeout=SOON) as client,
+        client.stream("GET", "/sse") as response,
+    ):
+        lines = response.aiter_lines()
+        assert await anext(lines) == "retry: 3000"
+        pings = 0
+        while pings < 10:  # a second's worth: the sweep would have closed a silent client
+            pings += await asyncio.wait_for(anext(lines), SOON) == ": ping"
+        event_id = await post(server, "after pings")
+        while not (line := await asyncio.wait_for(anext(lines), SOON)).startswith("data: "):
+            pass
+        assert json.loads(line.removeprefix("data: "))["id"] == event_id
+
+
+def stalled_stream(server: Server) -> socket.socket:
+    """A client that asks for the stream and then never reads a byte."""
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOON)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    query = "&".join(f"{name}={value}" for name, value in server.http_params.items())
+    headers = "".join(f"{name}: {value}\r\n" for name, value in server.http_headers.items())
+    raw.sendall(
+        f"GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Accept: text/event-stream\r\n{headers}\r\n".encode()
+    )
+    return raw
+
+
+def connection_count(server: Server) -> int:
+    count: int = httpx2.get(f"{server.http_url}/readyz", timeout=SOON).json()["connections"]
+    return count
+
+
+async def wait_for_connections(server: Server, expected: int) -> None:
+    for _ in range(100):
+        if connection_count(server) == expected:
+            return
+        await asyncio.sleep(0.1)
+    assert connection_count(server) == expected
+
+
+async def test_a_stream_that_stops_reading_delays_nobody_and_is_dropped(
+    start_server: StartServer,
+) -> None:
+    server = start_server(HUB_OUTBOX_LIMIT="32")
+    stalled = stalled_stream(server)
+    try:
+        await wait_for_connections(server, 1)
+        payload = "x" * 30_000
+        count = 500  # 15 MB: more than the stalled socket's buffers and outbox can hold
+        async with (
+            open_stream(server) as healthy,
+            server.http_client(timeout=SOON) as client,
+        ):
+            received = []
+            for n in range(count):
+                await post(server, [n, payload], client=client)
+                received.append((await healthy.next_message())[1]["data"][0])
+            assert received == list(range(count)), "the healthy stream got all, in order"
+            await wait_for_connections(server, 1)  # the stalled one was closed and forgotten
+    finally:
+        stalled.close()
+
+
+async def test_a_closed_stream_is_forgotten_promptly(start_server: StartServer) -> None:
+    server = start_server()
+    async with open_stream(server, rooms=()):
+        assert connection_count(server) == 1
+    await wait_for_connections(server, 0)
+
+
+@asynccontextmanager
+async def serve_here(settings: Settings) -> AsyncIterator[tuple[str, Any]]:
+    """uvicorn in this event loop, so the test can count the server's own tasks."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{config.port}", app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, SOON)
+
+
+async def test_a_thousand_streams_opened_and_closed_leave_no_tasks_behind() -> None:
+    async with serve_here(Settings()) as (base_url, app):
+
+        async def cycles(count: int) -> None:
+            async with httpx2.AsyncClient(base_url=base_url, timeout=SOON) as client:
+                for _ in range(count):
+                    async with client.stream("GET", "/sse") as response:
+                        async for chunk in response.aiter_text():
+                            assert chunk.startswith("retry:")
+                            break
+
+        async def settled(most: int | None = None) -> int:
+            """The number of tasks once every stream is gone (and at most `most` run)."""
+            for _ in range(200):
+                tasks = len(asyncio.all_tasks())
+                if len(app.state.hub) == 0 and (most is None or tasks <= most):
+                    break
+                await asyncio.sleep(0.05)
+            return tasks
+
+        await cycles(5)
+        baseline = await settled()
+        await cycles(1000)
+        assert await settled(baseline) <= baseline
+        assert len(app.state.hub) == 0
+        assert app.state.hub.rooms == {}
+        assert app.state.sse.streams == set()
+
+
+async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: StartServer) -> None:
+    # uvicorn would wait for the stream up to its graceful timeout: a minute here.
+    server = start_server(SERVER_SHUTDOWN_TIMEOUT_SECONDS="60")
+    async with open_stream(server) as stream:
+        stopping = asyncio.create_task(asyncio.to_thread(server.stop, 15.0))
+        ended = False
+        for _ in range(1000):  # pings at most, until the stream ends
+            try:
+                await stream.next()
+            except StopAsyncIteration:
+                ended = True
+                break
+        assert ended
+        # uvicorn exits by raising the signal again once it has shut down.
+        assert await stopping in (0, -signal.SIGTERM)
+    assert "Cancel" not in server.output(), "streams ended by themselves, not by cancelling"
+
+
+async def test_the_local_history_answers_since() -> None:
+    history = LocalHistory(size=3)
+    frames = [json.dumps({"n": n}) for n in range(5)]
+    ids = [await history.append("a", frame) for frame in frames]
+    assert await history.since("a", ids[1]) == [(ids[n], frames[n]) for n in (2, 3, 4)]
+    assert await history.since("a", ids[4]) == []
+    assert await history.since("a", ids[0]) is None, "too old: ids[1] is gone"
+    assert await history.since("b", ids[0]) is None, "not this room's"
+    assert await history.since("a", "1-1") is None, "another life's"
+{%- if cookiecutter.auth != "none" %}
+
+
+async def test_the_stream_and_publish_check_credentials_as_the_websocket_does(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    async with httpx2.AsyncClient(base_url=server.http_url, timeout=SOON) as stranger:
+        assert (await stranger.get("/sse")).status_code == 401
+        refused = await stranger.post("/publish", json={"room": ROOM, "data": "intruder"})
+        assert refused.status_code in (401, 403)
+    assert connection_count(server) == 0
+    async with open_stream(server) as stream:
+        event_id = await post(server, "member")
+        cursor, frame = await stream.next_message()
+        assert frame["data"] == "member"
+        assert frame["sender"] == "tester"
+        assert frame["id"] == event_id
+{%- endif %}

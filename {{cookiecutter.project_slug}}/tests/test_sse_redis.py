@@ -1,0 +1,47 @@
+"""SSE with Redis: ids and history shared by every process, so a client resumes on another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from .conftest import StartServer
+from .test_sse import SOON, open_stream, post
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_client_resumes_on_another_process(start_server: StartServer) -> None:
+    first, second = start_server(), start_server()
+    async with open_stream(first) as stream:
+        # Published on the second process, heard on the first through Redis.
+        posted = [await post(second, n) for n in range(3)]
+        seen = [await stream.next_message() for _ in range(3)]
+    assert [frame["id"] for _, frame in seen] == posted
+    missed = [await post(first, n) for n in range(3, 6)]
+
+    # The first process could be gone by now: the second knows the ids and the history.
+    first.stop()
+    async with open_stream(second, last_event_id=seen[-1][0]) as stream:
+        replayed = [await stream.next_message() for _ in range(3)]
+        live = await post(second, 6)
+        after = await stream.next_message()
+
+    assert [frame["id"] for _, frame in replayed] == missed
+    assert [frame["data"] for _, frame in replayed] == [3, 4, 5]
+    assert after[1]["id"] == live
+
+
+async def test_a_websocket_publish_on_one_process_reaches_a_stream_on_another(
+    start_server: StartServer,
+) -> None:
+    first, second = start_server(), start_server()
+    async with first.connect() as ws, open_stream(second) as stream:
+        assert json.loads(await asyncio.wait_for(ws.recv(), SOON))["type"] == "welcome"
+        await ws.send(json.dumps({"type": "publish", "data": "across"}))
+        echo = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        _, frame = await stream.next_message()
+    assert frame == echo
+    assert frame["data"] == "across"
