@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette import status
-from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.requests import HTTPConnection
+from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app

@@ -350,7 +350,7 @@ async def test_the_stream_and_publish_check_credentials_as_the_websocket_does(
     assert connection_count(server) == 0
     async with open_stream(server) as stream:
         event_id = await post(server, "member")
-        cursor, frame = await stream.next_message()
+        _, frame = await stream.next_message()
         assert frame["data"] == "member"
         assert frame["sender"] == "tester"
         assert frame["id"] == event_id
