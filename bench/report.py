@@ -20,7 +20,7 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("F1000", "deliveries_per_s", "F N=1,000: deliveries/s", False),
     ("L", "p50_ms", "L 1,000 x 10/s: p50 (ms)", True),
     ("L", "p99_ms", "L 1,000 x 10/s: p99 (ms)", True),
-    ("S", "p99_ms", "S (10 stalled): healthy p99 (ms)", True),
+    ("S", "p99_ms", "S (some stalled): healthy p99 (ms)", True),
     ("S", "healthy_delivered_pct", "S: delivered to healthy clients (%)", False),
     ("S", "stalled_closed", "S: stalled clients closed by the server", False),
     ("I", "kb_per_conn_2000", "I: memory per idle connection at 2,000 (KB)", True),
@@ -73,7 +73,26 @@ def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> di
     return summary
 
 
-def table(rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] = METRICS) -> str:
+def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """METRICS, with the fanout sizes and idle levels actually run (the quick mode's are tiny)."""
+    found: list[tuple[str, str, str, bool]] = []
+    fanouts = sorted({r["workload"] for r in rows if r["workload"].startswith("F")},
+                     key=lambda w: int(w[1:]))
+    for workload in fanouts:
+        n = f"{int(workload[1:]):,}"
+        found.append((workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True))
+        found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
+    found += [m for m in METRICS if m[0] in ("L", "S")]
+    levels = sorted({int(k.rsplit("_", 1)[1]) for r in rows if r["workload"] == "I"
+                     for k in r if k.startswith("kb_per_conn_")})
+    for level in levels:
+        found.append(("I", f"kb_per_conn_{level}",
+                      f"I: memory per idle connection at {level:,} (KB)", True))
+    return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+
+
+def table(rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] | None = None) -> str:
+    metrics = metrics_in(rows) if metrics is None else metrics
     lines = [
         "| figure | service | textbook | raw websockets | service / textbook | service / raw |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -172,7 +191,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [m for m in METRICS if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+    shown = metrics_in(rows)
     shown = [m for m in shown if m[1] not in ("healthy_delivered_pct", "stalled_closed")]
     columns = 3
     lines = max(1, math.ceil(len(shown) / columns))
