@@ -351,7 +351,7 @@ async def _subscribers(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
         "short": sum(1 for c in clients if expected[0] and c.count < expected[0]),
         "last_ns": max((c.last_ns for c in clients), default=0),
         "closed_by_server": sum(1 for c in clients if c.close_code is not None),
-        "lost": sum(1 for c in clients if c.lost),
+        "lost": sum(1 for c in clients if c.lost and c.close_code is None),
         "close_codes": dict(Counter(str(c.close_code) for c in clients if c.close_code)),
         "latencies": latencies,
     }

@@ -23,6 +23,10 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("S", "p99_ms", "S (some stalled): healthy p99 (ms)", True),
     ("S", "healthy_delivered_pct", "S: delivered to healthy clients (%)", False),
     ("S", "stalled_closed", "S: stalled clients closed by the server", False),
+    ("S-fill", "p99_ms", "S-fill (stalled buffers fill): healthy p99 (ms)", True),
+    ("S-fill", "healthy_delivered_pct", "S-fill: delivered to healthy clients (%)", False),
+    ("S-fill", "stalled_closed", "S-fill: stalled clients closed by the server", False),
+    ("S-fill", "server_rss_growth_mb", "S-fill: server memory growth (MB)", True),
     ("I", "kb_per_conn_2000", "I: memory per idle connection at 2,000 (KB)", True),
     ("I", "kb_per_conn_10000", "I: memory per idle connection at 10,000 (KB)", True),
 ]
@@ -39,6 +43,8 @@ def _values(rows: list[dict[str, Any]], target: str, workload: str, metric: str)
 def _fmt(value: float) -> str:
     if math.isnan(value):
         return "n/a"
+    if value and abs(value) < 0.1:
+        return f"{value:.2g}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
@@ -82,7 +88,7 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
         n = f"{int(workload[1:]):,}"
         found.append((workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True))
         found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
-    found += [m for m in METRICS if m[0] in ("L", "S")]
+    found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
     levels = sorted({int(k.rsplit("_", 1)[1]) for r in rows if r["workload"] == "I"
                      for k in r if k.startswith("kb_per_conn_")})
     for level in levels:
@@ -136,10 +142,10 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
         ("stalled clients change others' p99 by <= 20%", _ok(abs(change) <= 20, change),
          f"{_fmt(l99)} -> {_fmt(s99)} ms ({change:+.0f}%)")
     )
-    closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S"]
+    closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
-    checks.append(("each stalled client closed once its queue is full",
+    checks.append(("each stalled client closed once its queue is full (S-fill)",
                    all_closed if closed else None, f"closed per run: {detail}"))
     return checks
 
@@ -192,7 +198,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = metrics_in(rows)
-    shown = [m for m in shown if m[1] not in ("healthy_delivered_pct", "stalled_closed")]
+    shown = [m for m in shown if m[1] not in ("healthy_delivered_pct", "stalled_closed")
+             and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")]
     columns = 3
     lines = max(1, math.ceil(len(shown) / columns))
     figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.6 * lines), squeeze=False)

@@ -53,7 +53,10 @@ import rendering  # noqa: E402
 
 HOST = "127.0.0.1"
 ROOM = "bench"
-CONNECTIONS_PER_PROCESS = 2500
+# Idle connections cost a client process little; busy ones are spread wider, so client-side
+# queueing stays small next to what is measured.
+IDLE_PER_PROCESS = 2500
+BUSY_PER_PROCESS = 500
 
 
 @dataclass
@@ -67,6 +70,13 @@ class Config:
     latency_seconds: float = 10.0
     isolation_seconds: float = 20.0
     stalled: int = 10
+    # S-fill: enough bytes that a stalled client's socket buffers (up to 4 MB each way on
+    # Linux loopback) and then its queue fill within the run, to see what becomes of it.
+    fill_subscribers: int = 100
+    fill_stalled: int = 10
+    fill_rate: float = 50.0
+    fill_seconds: float = 10.0
+    fill_pad: int = 16384
     payload_pad: int = 1024  # bytes of random base64 per L/S message, so stalls fill buffers
     idle_levels: tuple[int, ...] = (2000, 10000)
     outbox_limit_fanout: int = 1024
@@ -82,6 +92,11 @@ QUICK = dict(
     latency_seconds=1.0,
     isolation_seconds=1.5,
     stalled=2,
+    fill_subscribers=10,
+    fill_stalled=2,
+    fill_rate=20.0,
+    fill_seconds=1.0,
+    fill_pad=1024,
     idle_levels=(50, 100),
     max_seconds=20.0,
 )
@@ -192,9 +207,11 @@ class Worker:
             self.process.join(5)
 
 
-def subscribers(urls: list[str], count: int, *, timeout: float, **spec: Any) -> list[Worker]:
+def subscribers(
+    urls: list[str], count: int, *, timeout: float, per_process: int = BUSY_PER_PROCESS, **spec: Any
+) -> list[Worker]:
     """Spread `count` connections over processes (and over `urls`, round robin); wait ready."""
-    procs = max(len(urls), math.ceil(count / CONNECTIONS_PER_PROCESS))
+    procs = max(len(urls), math.ceil(count / per_process))
     sizes = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     workers = [
         Worker(clients.subscriber_main, {"url": urls[i % len(urls)], "count": size, **spec})
@@ -254,17 +271,27 @@ def fanout(servers: list[Server], n: int, config: Config) -> dict[str, Any]:
     }
 
 
-def latency(server: Server, config: Config, *, stalled: int, seconds: float) -> dict[str, Any]:
+def latency(
+    server: Server,
+    config: Config,
+    *,
+    stalled: int,
+    seconds: float,
+    total: int | None = None,
+    rate: float | None = None,
+    pad: int | None = None,
+) -> dict[str, Any]:
     """L (stalled=0) or S: subscribers at a fixed rate; p50/p99 of the healthy ones."""
-    healthy = config.latency_subscribers - stalled
+    total = config.latency_subscribers if total is None else total
+    healthy = total - stalled
     subs = subscribers([server.url()], healthy, timeout=config.max_seconds, decode=True)
     stuck = (
         subscribers([server.url()], stalled, timeout=config.max_seconds, stalled=True, rcvbuf=4096)
         if stalled
         else []
     )
-    pub = publisher(server.url(), mode="rate", rate=config.latency_rate, seconds=seconds,
-                    pad=config.payload_pad, max_seconds=seconds + 30)
+    pub = publisher(server.url(), mode="rate", rate=rate or config.latency_rate, seconds=seconds,
+                    pad=config.payload_pad if pad is None else pad, max_seconds=seconds + 30)
     cpu0, rss0 = server.cpu(), server.rss()
     pub.send("go")
     published = pub.expect("result", seconds + 60)
@@ -276,7 +303,7 @@ def latency(server: Server, config: Config, *, stalled: int, seconds: float) -> 
     values = sorted(v for r in results for v in r["latencies"])
     received = sum(r["received"] for r in results)
     metrics: dict[str, Any] = {
-        "subscribers": config.latency_subscribers,
+        "subscribers": total,
         "sent": published["sent"],
         "received": received,
         "expected": published["sent"] * healthy,
@@ -295,7 +322,8 @@ def latency(server: Server, config: Config, *, stalled: int, seconds: float) -> 
                 codes[code] = codes.get(code, 0) + number
         metrics.update(
             stalled=stalled,
-            stalled_closed=sum(r["closed_by_server"] for r in stuck_results),
+            stalled_closed=sum(r["closed_by_server"] + r["lost"] for r in stuck_results),
+            stalled_received_min=min(per_client, default=0),
             stalled_close_codes=codes,
             stalled_received_median=statistics.median(per_client) if per_client else 0,
             healthy_delivered_pct=100.0 * received / max(1, published["sent"] * healthy),
@@ -305,7 +333,7 @@ def latency(server: Server, config: Config, *, stalled: int, seconds: float) -> 
 
 def idle(server: Server, config: Config) -> dict[str, Any]:
     """I: server RSS growth per open connection at each level (connections kept open)."""
-    warm = subscribers([server.url()], 1, timeout=60)  # imports and first-use allocations
+    warm = subscribers([server.url()], 1, timeout=60, per_process=IDLE_PER_PROCESS)  # imports and first-use allocations
     time.sleep(0.5)
     rss0 = server.rss()
     workers = list(warm)
@@ -313,7 +341,8 @@ def idle(server: Server, config: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     try:
         for level in config.idle_levels:
-            workers += subscribers([server.url()], level - opened, timeout=config.max_seconds * 3)
+            workers += subscribers([server.url()], level - opened, timeout=config.max_seconds * 3,
+                                   per_process=IDLE_PER_PROCESS)
             opened = level
             time.sleep(1.0)
             metrics[f"kb_per_conn_{level}"] = (server.rss() - rss0) / (level - 1) / 1024
@@ -401,18 +430,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (the test)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--only", nargs="*", default=None, help="workloads: F L S I R")
+    parser.add_argument("--only", nargs="*", default=None, help="workloads: F L S X I R "
+                        "(X: S-fill, stalled clients whose buffers and queue fill)")
+    parser.add_argument("--project", type=Path, default=None,
+                        help="an already rendered and installed project (with .venv) to measure "
+                        "instead of rendering the template: for trying a patched copy")
     args = parser.parse_args(argv)
     config = Config(**QUICK) if args.quick else Config(runs=5)
     if args.runs is not None:
         config.runs = args.runs
-    only = set(args.only or "FLSIR")
+    only = set(args.only or "FLSXIR")
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     clients.raise_fd_limit()
 
     started = time.time()
-    python, package = prepare_project(out, "default", dict(rendering.DEFAULT.answers))
+    if args.project is not None:
+        python = args.project.resolve() / ".venv" / "bin" / "python"
+        package = next((args.project / "src").glob("*/__main__.py")).parent.name
+    else:
+        python, package = prepare_project(out, "default", dict(rendering.DEFAULT.answers))
     targets = [
         service_target("service", python, package, config),
         # uvicorn defaults: auto ws implementation, per-message deflate negotiated when offered.
@@ -437,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(python),
         "config": {k: v for k, v in vars(config).items()},
         "quick": args.quick,
+        "project": str(args.project) if args.project else "rendered from the template",
         "redis": redis,
     }
     rows: list[dict[str, Any]] = []
@@ -468,6 +506,14 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     record(run, target.name, "S", latency(server, config, stalled=config.stalled,
                                                           seconds=config.isolation_seconds))
+                finally:
+                    server.stop()
+            if "X" in only:
+                server = Server(target, logs, "latency")
+                try:
+                    record(run, target.name, "S-fill", latency(
+                        server, config, stalled=config.fill_stalled, seconds=config.fill_seconds,
+                        total=config.fill_subscribers, rate=config.fill_rate, pad=config.fill_pad))
                 finally:
                     server.stop()
             if "I" in only:
