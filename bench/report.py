@@ -99,17 +99,21 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
 
 def table(rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] | None = None) -> str:
     metrics = metrics_in(rows) if metrics is None else metrics
+    extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
     lines = [
-        "| figure | service | textbook | raw websockets | service / textbook | service / raw |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| figure | service | textbook | raw websockets | service / textbook | service / raw |"
+        + "".join(f" {name} |" for name in extra),
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(extra),
     ]
     for workload, metric, label, _lower in metrics:
         s = metric_summary(rows, workload, metric)
-        if not any(s[t] for t in (SERVICE, *BASELINES)):
+        if not any(_values(rows, r["target"], workload, metric) for r in rows):
             continue
         lines.append(
             f"| {label} | {_cell(s[SERVICE])} | {_cell(s['textbook'])} | {_cell(s['raw'])} | "
             f"{_cell(s['ratio_textbook'])} | {_cell(s['ratio_raw'])} |"
+            + "".join(f" {_cell(sorted(_values(rows, name, workload, metric).values()))} |"
+                      for name in extra)
         )
     return "\n".join(lines)
 
@@ -203,10 +207,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     columns = 3
     lines = max(1, math.ceil(len(shown) / columns))
     figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.6 * lines), squeeze=False)
-    colors = {"service": "#2a7ab9", "textbook": "#c0504d", "raw": "#7f7f7f"}
+    colors = {"service": "#2a7ab9", "textbook": "#c0504d", "raw": "#7f7f7f",
+              "textbook-nodeflate": "#e8a33d"}
+    extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
     for ax, (workload, metric, label, lower) in zip(axes.flat, shown, strict=False):
         names, medians, low, high = [], [], [], []
-        for target in (SERVICE, *BASELINES):
+        for target in (SERVICE, *BASELINES, *extra):
             values = list(_values(rows, target, workload, metric).values())
             if not values:
                 continue
@@ -215,7 +221,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             medians.append(median)
             low.append(median - min(values))
             high.append(max(values) - median)
-        ax.bar(names, medians, yerr=[low, high], color=[colors[n] for n in names], capsize=3)
+        ax.bar(names, medians, yerr=[low, high], color=[colors.get(n, "#999999") for n in names],
+               capsize=3)
         ax.set_title(label + (" ↓" if lower else " ↑"), fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(shown):]:

@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, default=None,
                         help="an already rendered and installed project (with .venv) to measure "
                         "instead of rendering the template: for trying a patched copy")
+    parser.add_argument("--targets", default="service,textbook,raw",
+                        help="servers to run, of service,textbook,raw,textbook-nodeflate")
     args = parser.parse_args(argv)
     config = Config(**QUICK) if args.quick else Config(runs=5)
     if args.runs is not None:
@@ -457,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
                             "--port", "{port}", "--log-level", "warning"], BENCH / "servers"),
         Target("raw", [str(python), "raw_websockets.py", "--host", "{host}", "--port", "{port}"],
                BENCH / "servers"),
+        # Not run by default: the textbook manager with uvicorn's deflate off, the framework floor.
+        Target("textbook-nodeflate", [str(python), "-m", "uvicorn", "textbook:app", "--host",
+                                      "{host}", "--port", "{port}", "--log-level", "warning",
+                                      "--ws-per-message-deflate", "false"], BENCH / "servers"),
     ]
+    targets = [t for t in targets if t.name in args.targets.split(",")]
     redis: dict[str, Any] = {"available": redis_question()}
     redis_target = None
     if "R" in only and redis["available"]:
