@@ -253,7 +253,9 @@ async def connect(
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (parts.hostname, parts.port)), timeout)
         _, client = await loop.create_connection(
-            lambda: Client(_request(url), decode=decode, latencies=latencies, on_message=on_message),
+            lambda: Client(
+                _request(url), decode=decode, latencies=latencies, on_message=on_message
+            ),
             sock=sock,
         )
     except BaseException:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ METRICS: list[tuple[str, str, str, bool]] = [
 ]
 
 
-def _values(rows: list[dict[str, Any]], target: str, workload: str, metric: str) -> dict[int, float]:
+def _values(
+    rows: list[dict[str, Any]], target: str, workload: str, metric: str
+) -> dict[int, float]:
     return {
         row["run"]: float(row[metric])
         for row in rows
@@ -82,22 +83,35 @@ def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> di
 def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
     """METRICS, with the fanout sizes and idle levels actually run (the quick mode's are tiny)."""
     found: list[tuple[str, str, str, bool]] = []
-    fanouts = sorted({r["workload"] for r in rows if r["workload"].startswith("F")},
-                     key=lambda w: int(w[1:]))
+    fanouts = sorted(
+        {r["workload"] for r in rows if r["workload"].startswith("F")}, key=lambda w: int(w[1:])
+    )
     for workload in fanouts:
         n = f"{int(workload[1:]):,}"
-        found.append((workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True))
+        found.append(
+            (workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True)
+        )
         found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
     found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
-    levels = sorted({int(k.rsplit("_", 1)[1]) for r in rows if r["workload"] == "I"
-                     for k in r if k.startswith("kb_per_conn_")})
+    levels = sorted(
+        {
+            int(k.rsplit("_", 1)[1])
+            for r in rows
+            if r["workload"] == "I"
+            for k in r
+            if k.startswith("kb_per_conn_")
+        }
+    )
     for level in levels:
-        found.append(("I", f"kb_per_conn_{level}",
-                      f"I: memory per idle connection at {level:,} (KB)", True))
+        found.append(
+            ("I", f"kb_per_conn_{level}", f"I: memory per idle connection at {level:,} (KB)", True)
+        )
     return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
 
 
-def table(rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] | None = None) -> str:
+def table(
+    rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] | None = None
+) -> str:
     metrics = metrics_in(rows) if metrics is None else metrics
     extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
     lines = [
@@ -112,8 +126,10 @@ def table(rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] 
         lines.append(
             f"| {label} | {_cell(s[SERVICE])} | {_cell(s['textbook'])} | {_cell(s['raw'])} | "
             f"{_cell(s['ratio_textbook'])} | {_cell(s['ratio_raw'])} |"
-            + "".join(f" {_cell(sorted(_values(rows, name, workload, metric).values()))} |"
-                      for name in extra)
+            + "".join(
+                f" {_cell(sorted(_values(rows, name, workload, metric).values()))} |"
+                for name in extra
+            )
         )
     return "\n".join(lines)
 
@@ -133,7 +149,10 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
 
     cpu = _median(rows, SERVICE, "F1000", "cpu_us_per_delivery")
     checks.append(("CPU per delivery at 1,000 <= 3 µs", _ok(cpu <= 3, cpu), f"{_fmt(cpu)} µs"))
-    rt, rr = ratio("F1000", "deliveries_per_s", "textbook"), ratio("F1000", "deliveries_per_s", "raw")
+    rt, rr = (
+        ratio("F1000", "deliveries_per_s", "textbook"),
+        ratio("F1000", "deliveries_per_s", "raw"),
+    )
     checks.append(("deliveries/s >= 3x textbook", _ok(rt >= 3, rt), f"{_fmt(rt)}x"))
     checks.append(("deliveries/s >= 1.0x raw", _ok(rr >= 1.0, rr), f"{_fmt(rr)}x"))
     kb = _median(rows, SERVICE, "I", "kb_per_conn_10000")
@@ -143,14 +162,22 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
     l99, s99 = _median(rows, SERVICE, "L", "p99_ms"), _median(rows, SERVICE, "S", "p99_ms")
     change = (s99 / l99 - 1) * 100 if l99 else float("nan")
     checks.append(
-        ("stalled clients change others' p99 by <= 20%", _ok(abs(change) <= 20, change),
-         f"{_fmt(l99)} -> {_fmt(s99)} ms ({change:+.0f}%)")
+        (
+            "stalled clients change others' p99 by <= 20%",
+            _ok(abs(change) <= 20, change),
+            f"{_fmt(l99)} -> {_fmt(s99)} ms ({change:+.0f}%)",
+        )
     )
     closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
-    checks.append(("each stalled client closed once its queue is full (S-fill)",
-                   all_closed if closed else None, f"closed per run: {detail}"))
+    checks.append(
+        (
+            "each stalled client closed once its queue is full (S-fill)",
+            all_closed if closed else None,
+            f"closed per run: {detail}",
+        )
+    )
     return checks
 
 
@@ -181,7 +208,9 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             if "deliveries_per_s" in sel[0]:
                 dps = [r["deliveries_per_s"] for r in sel]
                 cpu = [r["cpu_us_per_delivery"] for r in sel]
-                lines.append(f"- {workload}: {_cell(dps)} deliveries/s, {_cell(cpu)} µs CPU/delivery")
+                lines.append(
+                    f"- {workload}: {_cell(dps)} deliveries/s, {_cell(cpu)} µs CPU/delivery"
+                )
             else:
                 lines.append(f"- {workload}: {sel[0].get('note')}")
         lines.append("")
@@ -202,13 +231,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = metrics_in(rows)
-    shown = [m for m in shown if m[1] not in ("healthy_delivered_pct", "stalled_closed")
-             and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")]
+    shown = [
+        m
+        for m in shown
+        if m[1] not in ("healthy_delivered_pct", "stalled_closed")
+        and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")
+    ]
     columns = 3
     lines = max(1, math.ceil(len(shown) / columns))
     figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.6 * lines), squeeze=False)
-    colors = {"service": "#2a7ab9", "textbook": "#c0504d", "raw": "#7f7f7f",
-              "textbook-nodeflate": "#e8a33d"}
+    colors = {
+        "service": "#2a7ab9",
+        "textbook": "#c0504d",
+        "raw": "#7f7f7f",
+        "textbook-nodeflate": "#e8a33d",
+    }
     extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
     for ax, (workload, metric, label, lower) in zip(axes.flat, shown, strict=False):
         names, medians, low, high = [], [], [], []
@@ -221,11 +258,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             medians.append(median)
             low.append(median - min(values))
             high.append(max(values) - median)
-        ax.bar(names, medians, yerr=[low, high], color=[colors.get(n, "#999999") for n in names],
-               capsize=3)
+        ax.bar(
+            names,
+            medians,
+            yerr=[low, high],
+            color=[colors.get(n, "#999999") for n in names],
+            capsize=3,
+        )
         ax.set_title(label + (" ↓" if lower else " ↑"), fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=80)

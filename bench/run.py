@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(BENCH))
 
 import clients  # noqa: E402
-import report  # noqa: E402
 import rendering  # noqa: E402
+import report  # noqa: E402
 
 HOST = "127.0.0.1"
 ROOM = "bench"
@@ -124,10 +124,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, target: Target, logs: Path, kind: str, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, target: Target, logs: Path, kind: str, extra_env: dict[str, str] | None = None
+    ):
         self.target = target
         self.port = free_port()
-        argv = [arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv]
+        argv = [
+            arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv
+        ]
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
         env.update(target.env)
@@ -143,13 +147,15 @@ class Server:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=clients.raise_fd_limit,  # noqa: PLW1509
+            preexec_fn=clients.raise_fd_limit,
         )
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{target.name} exited {self.process.returncode}; see {self.log.name}")
+                raise RuntimeError(
+                    f"{target.name} exited {self.process.returncode}; see {self.log.name}"
+                )
             with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
                 break
             if time.monotonic() > deadline:
@@ -247,8 +253,13 @@ def fanout(servers: list[Server], n: int, config: Config) -> dict[str, Any]:
     """F: n subscribers (spread over `servers`), one publisher on the first, max rate."""
     count = max(1, config.fanout_deliveries // n)
     subs = subscribers([s.url() for s in servers], n, timeout=config.max_seconds, decode=False)
-    pub = publisher(servers[0].url(), mode="fanout", count=count, window=config.window,
-                    max_seconds=config.max_seconds)
+    pub = publisher(
+        servers[0].url(),
+        mode="fanout",
+        count=count,
+        window=config.window,
+        max_seconds=config.max_seconds,
+    )
     cpu0 = sum(s.cpu() for s in servers)
     pub.send("go")
     published = pub.expect("result", config.max_seconds + 30)
@@ -290,15 +301,23 @@ def latency(
         if stalled
         else []
     )
-    pub = publisher(server.url(), mode="rate", rate=rate or config.latency_rate, seconds=seconds,
-                    pad=config.payload_pad if pad is None else pad, max_seconds=seconds + 30)
+    pub = publisher(
+        server.url(),
+        mode="rate",
+        rate=rate or config.latency_rate,
+        seconds=seconds,
+        pad=config.payload_pad if pad is None else pad,
+        max_seconds=seconds + 30,
+    )
     cpu0, rss0 = server.cpu(), server.rss()
     pub.send("go")
     published = pub.expect("result", seconds + 60)
     pub.close()
     results = collect(subs, 60, expected=published["sent"], deadline=time.monotonic() + 5)
     rss1 = server.rss()
-    stuck_results = collect(stuck, 60, deadline=time.monotonic(), drain_seconds=3.0) if stuck else []
+    stuck_results = (
+        collect(stuck, 60, deadline=time.monotonic(), drain_seconds=3.0) if stuck else []
+    )
     cpu = server.cpu() - cpu0
     values = sorted(v for r in results for v in r["latencies"])
     received = sum(r["received"] for r in results)
@@ -333,7 +352,9 @@ def latency(
 
 def idle(server: Server, config: Config) -> dict[str, Any]:
     """I: server RSS growth per open connection at each level (connections kept open)."""
-    warm = subscribers([server.url()], 1, timeout=60, per_process=IDLE_PER_PROCESS)  # imports and first-use allocations
+    warm = subscribers(
+        [server.url()], 1, timeout=60, per_process=IDLE_PER_PROCESS
+    )  # imports and first-use allocations
     time.sleep(0.5)
     rss0 = server.rss()
     workers = list(warm)
@@ -341,8 +362,12 @@ def idle(server: Server, config: Config) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     try:
         for level in config.idle_levels:
-            workers += subscribers([server.url()], level - opened, timeout=config.max_seconds * 3,
-                                   per_process=IDLE_PER_PROCESS)
+            workers += subscribers(
+                [server.url()],
+                level - opened,
+                timeout=config.max_seconds * 3,
+                per_process=IDLE_PER_PROCESS,
+            )
             opened = level
             time.sleep(1.0)
             metrics[f"kb_per_conn_{level}"] = (server.rss() - rss0) / (level - 1) / 1024
@@ -397,8 +422,9 @@ def versions(python: Path) -> dict[str, str]:
         "print(json.dumps({'python': platform.python_version(), **{p: m.version(p) for p in "
         "('fastapi', 'starlette', 'uvicorn', 'websockets', 'pydantic')}}))"
     )
-    return json.loads(subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                                     check=True).stdout)
+    return json.loads(
+        subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -430,13 +456,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (the test)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--only", nargs="*", default=None, help="workloads: F L S X I R "
-                        "(X: S-fill, stalled clients whose buffers and queue fill)")
-    parser.add_argument("--project", type=Path, default=None,
-                        help="an already rendered and installed project (with .venv) to measure "
-                        "instead of rendering the template: for trying a patched copy")
-    parser.add_argument("--targets", default="service,textbook,raw",
-                        help="servers to run, of service,textbook,raw,textbook-nodeflate")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="workloads: F L S X I R (X: S-fill, stalled clients whose buffers and queue fill)",
+    )
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="an already rendered and installed project (with .venv) to measure "
+        "instead of rendering the template: for trying a patched copy",
+    )
+    parser.add_argument(
+        "--targets",
+        default="service,textbook,raw",
+        help="servers to run, of service,textbook,raw,textbook-nodeflate",
+    )
     args = parser.parse_args(argv)
     config = Config(**QUICK) if args.quick else Config(runs=5)
     if args.runs is not None:
@@ -455,14 +492,46 @@ def main(argv: list[str] | None = None) -> int:
     targets = [
         service_target("service", python, package, config),
         # uvicorn defaults: auto ws implementation, per-message deflate negotiated when offered.
-        Target("textbook", [str(python), "-m", "uvicorn", "textbook:app", "--host", "{host}",
-                            "--port", "{port}", "--log-level", "warning"], BENCH / "servers"),
-        Target("raw", [str(python), "raw_websockets.py", "--host", "{host}", "--port", "{port}"],
-               BENCH / "servers"),
+        Target(
+            "textbook",
+            [
+                str(python),
+                "-m",
+                "uvicorn",
+                "textbook:app",
+                "--host",
+                "{host}",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+            ],
+            BENCH / "servers",
+        ),
+        Target(
+            "raw",
+            [str(python), "raw_websockets.py", "--host", "{host}", "--port", "{port}"],
+            BENCH / "servers",
+        ),
         # Not run by default: the textbook manager with uvicorn's deflate off, the framework floor.
-        Target("textbook-nodeflate", [str(python), "-m", "uvicorn", "textbook:app", "--host",
-                                      "{host}", "--port", "{port}", "--log-level", "warning",
-                                      "--ws-per-message-deflate", "false"], BENCH / "servers"),
+        Target(
+            "textbook-nodeflate",
+            [
+                str(python),
+                "-m",
+                "uvicorn",
+                "textbook:app",
+                "--host",
+                "{host}",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                "--ws-per-message-deflate",
+                "false",
+            ],
+            BENCH / "servers",
+        ),
     ]
     targets = [t for t in targets if t.name in args.targets.split(",")]
     redis: dict[str, Any] = {"available": redis_question()}
@@ -504,23 +573,44 @@ def main(argv: list[str] | None = None) -> int:
             if "L" in only:
                 server = Server(target, logs, "latency")
                 try:
-                    record(run, target.name, "L", latency(server, config, stalled=0,
-                                                          seconds=config.latency_seconds))
+                    record(
+                        run,
+                        target.name,
+                        "L",
+                        latency(server, config, stalled=0, seconds=config.latency_seconds),
+                    )
                 finally:
                     server.stop()
             if "S" in only:
                 server = Server(target, logs, "latency")
                 try:
-                    record(run, target.name, "S", latency(server, config, stalled=config.stalled,
-                                                          seconds=config.isolation_seconds))
+                    record(
+                        run,
+                        target.name,
+                        "S",
+                        latency(
+                            server, config, stalled=config.stalled, seconds=config.isolation_seconds
+                        ),
+                    )
                 finally:
                     server.stop()
             if "X" in only:
                 server = Server(target, logs, "latency")
                 try:
-                    record(run, target.name, "S-fill", latency(
-                        server, config, stalled=config.fill_stalled, seconds=config.fill_seconds,
-                        total=config.fill_subscribers, rate=config.fill_rate, pad=config.fill_pad))
+                    record(
+                        run,
+                        target.name,
+                        "S-fill",
+                        latency(
+                            server,
+                            config,
+                            stalled=config.fill_stalled,
+                            seconds=config.fill_seconds,
+                            total=config.fill_subscribers,
+                            rate=config.fill_rate,
+                            pad=config.fill_pad,
+                        ),
+                    )
                 finally:
                     server.stop()
             if "I" in only:
@@ -551,8 +641,11 @@ def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any)
         record(run, target.name, "R", {"note": "redis-server not found on PATH"})
         return
     port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         env = {"REDIS_URL": f"redis://{HOST}:{port}/0"}
