@@ -80,8 +80,18 @@ def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> di
     return summary
 
 
+def derive(rows: list[dict[str, Any]]) -> None:
+    """Add figures computed from others: how busy the server was during a fanout run (below
+    100%, deliveries/s was limited by the clients sharing the machine, not by the server)."""
+    for row in rows:
+        if "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
+            cpu = row["cpu_us_per_delivery"] * row["deliveries"] / 1e6
+            row["server_busy_pct"] = 100 * cpu / max(1e-9, row["wall_s"])
+
+
 def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
     """METRICS, with the fanout sizes and idle levels actually run (the quick mode's are tiny)."""
+    derive(rows)
     found: list[tuple[str, str, str, bool]] = []
     fanouts = sorted(
         {r["workload"] for r in rows if r["workload"].startswith("F")}, key=lambda w: int(w[1:])
@@ -92,6 +102,8 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
             (workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True)
         )
         found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
+        found.append((workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)",
+                      False))
     found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
     levels = sorted(
         {
@@ -234,7 +246,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     shown = [
         m
         for m in shown
-        if m[1] not in ("healthy_delivered_pct", "stalled_closed")
+        if m[1] not in ("healthy_delivered_pct", "stalled_closed", "server_busy_pct")
         and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")
     ]
     columns = 3
