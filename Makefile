@@ -37,3 +37,13 @@ demo: $(INSTALLED)
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+
+# The benchmark (bench/run.py): renders the default project, serves it and the two baselines in
+# their own processes and drives them from client processes on loopback. Several minutes; writes
+# build/bench/results.{json,md,png}. BENCH_ARGS="--runs 3" or "--quick" to shorten it.
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/run.py --out $(BUILD)/bench $(BENCH_ARGS)

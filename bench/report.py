@@ -1,0 +1,286 @@
+"""Medians, spreads, same-run ratios to the baselines, the markdown table and the PNG."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS", "plot", "summarize", "table"]
+
+SERVICE, BASELINES = "service", ("textbook", "raw")
+
+# (workload, metric, label, lower is better)
+METRICS: list[tuple[str, str, str, bool]] = [
+    ("F100", "cpu_us_per_delivery", "F N=100: server CPU per delivery (µs)", True),
+    ("F100", "deliveries_per_s", "F N=100: deliveries/s", False),
+    ("F1000", "cpu_us_per_delivery", "F N=1,000: server CPU per delivery (µs)", True),
+    ("F1000", "deliveries_per_s", "F N=1,000: deliveries/s", False),
+    ("L", "p50_ms", "L 1,000 x 10/s: p50 (ms)", True),
+    ("L", "p99_ms", "L 1,000 x 10/s: p99 (ms)", True),
+    ("S", "p99_ms", "S (some stalled): healthy p99 (ms)", True),
+    ("S", "healthy_delivered_pct", "S: delivered to healthy clients (%)", False),
+    ("S", "stalled_closed", "S: stalled clients closed by the server", False),
+    ("S-fill", "p99_ms", "S-fill (stalled buffers fill): healthy p99 (ms)", True),
+    ("S-fill", "healthy_delivered_pct", "S-fill: delivered to healthy clients (%)", False),
+    ("S-fill", "stalled_closed", "S-fill: stalled clients closed by the server", False),
+    ("S-fill", "server_rss_growth_mb", "S-fill: server memory growth (MB)", True),
+    ("I", "kb_per_conn_2000", "I: memory per idle connection at 2,000 (KB)", True),
+    ("I", "kb_per_conn_10000", "I: memory per idle connection at 10,000 (KB)", True),
+]
+
+
+def _values(
+    rows: list[dict[str, Any]], target: str, workload: str, metric: str
+) -> dict[int, float]:
+    return {
+        row["run"]: float(row[metric])
+        for row in rows
+        if row["target"] == target and row["workload"] == workload and metric in row
+    }
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if value and abs(value) < 0.1:
+        return f"{value:.2g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    median = statistics.median(values)
+    if len(values) == 1:
+        return _fmt(median)
+    return f"{_fmt(median)} ({_fmt(min(values))}–{_fmt(max(values))})"
+
+
+def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> dict[str, Any]:
+    """Median and spread per server; medians over runs of the same-run ratio service/baseline."""
+    summary: dict[str, Any] = {}
+    per_target = {t: _values(rows, t, workload, metric) for t in (SERVICE, *BASELINES)}
+    for target, values in per_target.items():
+        summary[target] = sorted(values.values())
+    for baseline in BASELINES:
+        ratios = [
+            per_target[SERVICE][run] / per_target[baseline][run]
+            for run in per_target[SERVICE]
+            if per_target[baseline].get(run) not in (None, 0.0)
+        ]
+        summary[f"ratio_{baseline}"] = sorted(ratios)
+    return summary
+
+
+def derive(rows: list[dict[str, Any]]) -> None:
+    """Add figures computed from others: how busy the server was during a fanout run (below
+    100%, deliveries/s was limited by the clients sharing the machine, not by the server)."""
+    for row in rows:
+        if "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
+            cpu = row["cpu_us_per_delivery"] * row["deliveries"] / 1e6
+            row["server_busy_pct"] = 100 * cpu / max(1e-9, row["wall_s"])
+
+
+def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """METRICS, with the fanout sizes and idle levels actually run (the quick mode's are tiny)."""
+    derive(rows)
+    found: list[tuple[str, str, str, bool]] = []
+    fanouts = sorted(
+        {r["workload"] for r in rows if r["workload"].startswith("F")}, key=lambda w: int(w[1:])
+    )
+    for workload in fanouts:
+        n = f"{int(workload[1:]):,}"
+        found.append(
+            (workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True)
+        )
+        found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
+        found.append((workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)",
+                      False))
+    found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
+    levels = sorted(
+        {
+            int(k.rsplit("_", 1)[1])
+            for r in rows
+            if r["workload"] == "I"
+            for k in r
+            if k.startswith("kb_per_conn_")
+        }
+    )
+    for level in levels:
+        found.append(
+            ("I", f"kb_per_conn_{level}", f"I: memory per idle connection at {level:,} (KB)", True)
+        )
+    return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+
+
+def table(
+    rows: list[dict[str, Any]], metrics: list[tuple[str, str, str, bool]] | None = None
+) -> str:
+    metrics = metrics_in(rows) if metrics is None else metrics
+    extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
+    lines = [
+        "| figure | service | textbook | raw websockets | service / textbook | service / raw |"
+        + "".join(f" {name} |" for name in extra),
+        "| --- | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(extra),
+    ]
+    for workload, metric, label, _lower in metrics:
+        s = metric_summary(rows, workload, metric)
+        if not any(_values(rows, r["target"], workload, metric) for r in rows):
+            continue
+        lines.append(
+            f"| {label} | {_cell(s[SERVICE])} | {_cell(s['textbook'])} | {_cell(s['raw'])} | "
+            f"{_cell(s['ratio_textbook'])} | {_cell(s['ratio_raw'])} |"
+            + "".join(
+                f" {_cell(sorted(_values(rows, name, workload, metric).values()))} |"
+                for name in extra
+            )
+        )
+    return "\n".join(lines)
+
+
+def _median(rows: list[dict[str, Any]], target: str, workload: str, metric: str) -> float:
+    values = list(_values(rows, target, workload, metric).values())
+    return statistics.median(values) if values else float("nan")
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets: (target, met?, the numbers)."""
+    checks: list[tuple[str, bool | None, str]] = []
+
+    def ratio(workload: str, metric: str, baseline: str) -> float:
+        ratios = metric_summary(rows, workload, metric)[f"ratio_{baseline}"]
+        return statistics.median(ratios) if ratios else float("nan")
+
+    cpu = _median(rows, SERVICE, "F1000", "cpu_us_per_delivery")
+    checks.append(("CPU per delivery at 1,000 <= 3 µs", _ok(cpu <= 3, cpu), f"{_fmt(cpu)} µs"))
+    rt, rr = (
+        ratio("F1000", "deliveries_per_s", "textbook"),
+        ratio("F1000", "deliveries_per_s", "raw"),
+    )
+    checks.append(("deliveries/s >= 3x textbook", _ok(rt >= 3, rt), f"{_fmt(rt)}x"))
+    checks.append(("deliveries/s >= 1.0x raw", _ok(rr >= 1.0, rr), f"{_fmt(rr)}x"))
+    kb = _median(rows, SERVICE, "I", "kb_per_conn_10000")
+    checks.append(("idle memory <= 20 KB/conn at 10,000", _ok(kb <= 20, kb), f"{_fmt(kb)} KB"))
+    p99 = ratio("L", "p99_ms", "raw")
+    checks.append(("p99 at 1,000 x 10/s <= 1.1x raw", _ok(p99 <= 1.1, p99), f"{_fmt(p99)}x"))
+    l99, s99 = _median(rows, SERVICE, "L", "p99_ms"), _median(rows, SERVICE, "S", "p99_ms")
+    change = (s99 / l99 - 1) * 100 if l99 else float("nan")
+    checks.append(
+        (
+            "stalled clients change others' p99 by <= 20%",
+            _ok(abs(change) <= 20, change),
+            f"{_fmt(l99)} -> {_fmt(s99)} ms ({change:+.0f}%)",
+        )
+    )
+    closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
+    all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
+    detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
+    checks.append(
+        (
+            "each stalled client closed once its queue is full (S-fill)",
+            all_closed if closed else None,
+            f"closed per run: {detail}",
+        )
+    )
+    return checks
+
+
+def _ok(condition: bool, value: float) -> bool | None:
+    return None if math.isnan(value) else condition
+
+
+def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    m, v = meta["machine"], meta["versions"]
+    runs = meta["config"]["runs"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']} "
+        f"(load {m['load_at_start']:.1f} at start). Python {v['python']}, FastAPI {v['fastapi']}, "
+        f"Starlette {v['starlette']}, uvicorn {v['uvicorn']}, websockets {v['websockets']}. "
+        f"{meta['date']}, {runs} run(s), {meta.get('seconds', 0):.0f} s.",
+        "",
+        "Median over the runs (min–max in brackets); ratios are computed within each run, then "
+        "their median is shown.",
+        "",
+        table(rows),
+        "",
+    ]
+    redis_rows = [r for r in rows if r["workload"].startswith("R")]
+    if redis_rows:
+        lines += ["Redis (R):", ""]
+        for workload in sorted({r["workload"] for r in redis_rows}):
+            sel = [r for r in redis_rows if r["workload"] == workload]
+            if "deliveries_per_s" in sel[0]:
+                dps = [r["deliveries_per_s"] for r in sel]
+                cpu = [r["cpu_us_per_delivery"] for r in sel]
+                lines.append(
+                    f"- {workload}: {_cell(dps)} deliveries/s, {_cell(cpu)} µs CPU/delivery"
+                )
+            else:
+                lines.append(f"- {workload}: {sel[0].get('note')}")
+        lines.append("")
+    else:
+        lines += [meta["redis"].get("note", "R: not run"), ""]
+    lines += ["Targets (the service, every feature on):", ""]
+    for name, met, numbers in targets(rows):
+        mark = {True: "met", False: "NOT met", None: "not measured"}[met]
+        lines.append(f"- {name}: **{mark}** ({numbers})")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """One bar chart per figure: the three servers' medians with min–max error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = metrics_in(rows)
+    shown = [
+        m
+        for m in shown
+        if m[1] not in ("healthy_delivered_pct", "stalled_closed", "server_busy_pct")
+        and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")
+    ]
+    columns = 3
+    lines = max(1, math.ceil(len(shown) / columns))
+    figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.6 * lines), squeeze=False)
+    colors = {
+        "service": "#2a7ab9",
+        "textbook": "#c0504d",
+        "raw": "#7f7f7f",
+        "textbook-nodeflate": "#e8a33d",
+    }
+    extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
+    for ax, (workload, metric, label, lower) in zip(axes.flat, shown, strict=False):
+        names, medians, low, high = [], [], [], []
+        for target in (SERVICE, *BASELINES, *extra):
+            values = list(_values(rows, target, workload, metric).values())
+            if not values:
+                continue
+            median = statistics.median(values)
+            names.append(target)
+            medians.append(median)
+            low.append(median - min(values))
+            high.append(max(values) - median)
+        ax.bar(
+            names,
+            medians,
+            yerr=[low, high],
+            color=[colors.get(n, "#999999") for n in names],
+            capsize=3,
+        )
+        ax.set_title(label + (" ↓" if lower else " ↑"), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

@@ -1,0 +1,44 @@
+"""Baseline: the raw limit, a plain `websockets` asyncio server using `websockets.broadcast()`.
+
+Same tiny protocol as textbook.py: `welcome` once registered, then every text frame received is
+broadcast as it is to every connection, the sender included. Compression off (the service's
+setting), websockets' own defaults otherwise.
+
+    python raw_websockets.py --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+CONNECTIONS: set[ServerConnection] = set()
+
+
+async def handler(websocket: ServerConnection) -> None:
+    CONNECTIONS.add(websocket)
+    try:
+        await websocket.send('{"type":"welcome"}')
+        async for message in websocket:
+            websockets.broadcast(CONNECTIONS, message)
+    finally:
+        CONNECTIONS.discard(websocket)
+
+
+async def main(host: str, port: int) -> None:
+    stop = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    async with serve(handler, host, port, compression=None, max_size=64 * 1024):
+        await stop
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    asyncio.run(main(args.host, args.port))

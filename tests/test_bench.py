@@ -1,0 +1,59 @@
+"""The benchmark harness runs end to end in its quick mode (tiny sizes, one run).
+
+Nothing here is timed: the assertions are about the harness counting right and reporting every
+workload, never about speed (the machine running the suite is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rendering import TEMPLATE
+
+# Rendering and installing the project, then three servers x four workloads.
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=840,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    by_key = {(row["target"], row["workload"]): row for row in rows}
+    fanouts = sorted({row["workload"] for row in rows if row["workload"].startswith("F")})
+    assert fanouts, rows
+    for target in ("service", "textbook", "raw"):
+        for workload in fanouts:
+            row = by_key[(target, workload)]
+            # Every subscriber and the publisher (its echo) got every message, exactly once.
+            assert row["sent"] > 0
+            assert row["deliveries"] == row["sent"] * (row["subscribers"] + 1), row
+            assert row["deliveries_per_s"] > 0
+            assert row["cpu_us_per_delivery"] >= 0
+        for workload in ("L", "S"):
+            row = by_key[(target, workload)]
+            assert row["sent"] > 0
+            assert row["received"] == row["expected"], row
+            assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000, row
+        assert by_key[(target, "S")]["stalled"] > 0
+        idle = by_key[(target, "I")]
+        memory = [value for key, value in idle.items() if key.startswith("kb_per_conn_")]
+        assert memory, idle
+        assert all(math.isfinite(value) and value < 10_000 for value in memory), idle
+    summary = (out / "results.md").read_text()
+    assert "| figure |" in summary
+    # R runs when the template has a Redis option, and says so when it has none.
+    assert "R: not available" in summary or "R1" in summary or "R2" in summary
+    assert (out / "results.png").stat().st_size > 1000
