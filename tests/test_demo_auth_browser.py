@@ -23,10 +23,13 @@ from test_demo_browser import (
     expect_message,
     free_port,
     send,
+    server,
     unique,
 )
 
-__all__ = ["browser"]  # the module-scoped Chromium fixture, shared with the other demo tests
+# Fixtures shared with the other demo tests: the module-scoped Chromium, and the server, which
+# takes this module's own `project` and `server_environment`.
+__all__ = ["browser", "server"]
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -52,21 +55,6 @@ SHORT_SESSIONS = {"AUTH_MAX_TTL_SECONDS": "2", "AUTH_SESSION_SECONDS": "2"}
 @pytest.fixture
 def server_environment() -> dict[str, str]:
     return {"AUTH_DEV_ENDPOINTS": "true"}
-
-
-@pytest.fixture
-def server(
-    project: InstalledProject, tmp_path: Path, server_environment: dict[str, str]
-) -> Iterator[DemoServer]:
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    demo = DemoServer(project, free_port(), workdir, server_environment)
-    demo.start()
-    try:
-        yield demo
-    finally:
-        demo.stop()
-        print(demo.output())
 
 
 @pytest.fixture
