@@ -146,7 +146,8 @@ class Client(asyncio.Protocol):
                 if self.decode or not self.welcomed.done():
                     self._payload(b0, bytes(buffer[start:stop]), now)
                 elif b0 & 0x80:
-                    received += 1
+                    # A frame may carry several newline-separated messages (the service batches).
+                    received += 1 + buffer.count(b"\n", start, stop)
             elif opcode == 8:
                 code = int.from_bytes(buffer[start : start + 2], "big") if length >= 2 else 1005
                 self.close_code = code
@@ -205,12 +206,14 @@ class Client(asyncio.Protocol):
         if not self.welcomed.done():
             self.welcomed.set_result(True)
             return
-        self.count += 1
+        messages = payload.split(b"\n")
+        self.count += len(messages)
         self.last_ns = now
         if self.latencies is not None:
-            match = _TIMESTAMP.search(payload)
-            if match is not None:
-                self.latencies.append(now - int(match.group(1)))
+            for message in messages:
+                match = _TIMESTAMP.search(message)
+                if match is not None:
+                    self.latencies.append(now - int(match.group(1)))
 
     def send_text(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -25,6 +25,7 @@ from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import TEST_SECRET
+from .messages import receive
 
 pytestmark = pytest.mark.real_auth
 
@@ -106,10 +107,10 @@ def test_a_valid_session_from_an_allowed_origin_is_accepted(
     client: TestClient, origin: str
 ) -> None:
     with client.websocket_connect("/ws", headers=headers(session("alice"), origin)) as ws:
-        welcome = ws.receive_json()
+        welcome = receive(ws)
         assert welcome["user"] == "alice"
         ws.send_json({"type": "publish", "data": "hi"})
-        assert ws.receive_json()["sender"] == "alice"
+        assert receive(ws)["sender"] == "alice"
 
 
 def test_the_own_origin_can_be_refused_too() -> None:
@@ -123,10 +124,10 @@ def test_an_open_connection_is_closed_with_4001_when_its_session_expires(
     client: TestClient,
 ) -> None:
     with client.websocket_connect("/ws", headers=headers(session(seconds=2))) as ws:
-        assert ws.receive_json()["type"] == "welcome"
+        assert receive(ws)["type"] == "welcome"
         started = time.monotonic()
         with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
+            receive(ws)
         assert closed.value.code == SESSION_EXPIRED
         assert time.monotonic() - started < 5
 
@@ -146,7 +147,7 @@ def test_login_sets_a_cookie_the_handshake_accepts_and_logout_clears_it() -> Non
         assert "secure" not in cookie, "plain http in development"
         # The client keeps the cookie, as a browser would.
         with client.websocket_connect("/ws", headers={"origin": OWN_ORIGIN}) as ws:
-            assert ws.receive_json()["user"] == "carol"
+            assert receive(ws)["user"] == "carol"
 
         assert client.post("/auth/logout").status_code == 204
         assert "session" not in client.cookies

@@ -30,6 +30,7 @@ from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import PACKAGE, TEST_SECRET, StartServer
+from .messages import receive
 
 pytestmark = pytest.mark.real_auth
 
@@ -118,11 +119,11 @@ def test_a_bad_token_is_refused_with_401_before_accept(
 
 def test_a_valid_token_is_accepted_and_messages_carry_its_user(client: TestClient) -> None:
     with client.websocket_connect(f"/ws?token={token('alice')}") as ws:
-        welcome = ws.receive_json()
+        welcome = receive(ws)
         assert welcome["type"] == "welcome"
         assert welcome["user"] == "alice"
         ws.send_json({"type": "publish", "data": "hi"})
-        message = ws.receive_json()
+        message = receive(ws)
         assert message["sender"] == "alice"
 
 
@@ -130,10 +131,10 @@ def test_an_open_connection_is_closed_with_4001_when_its_token_expires(
     client: TestClient,
 ) -> None:
     with client.websocket_connect(f"/ws?token={token(ttl=2)}") as ws:
-        assert ws.receive_json()["type"] == "welcome"
+        assert receive(ws)["type"] == "welcome"
         started = time.monotonic()
         with pytest.raises(WebSocketDisconnect) as closed:
-            ws.receive_json()
+            receive(ws)
         assert closed.value.code == SESSION_EXPIRED
         assert time.monotonic() - started < 5
     hub: Hub = client.app.state.hub  # type: ignore[attr-defined]
@@ -158,7 +159,7 @@ def test_the_dev_endpoint_issues_tokens_the_handshake_accepts_when_turned_on() -
         assert response.status_code == 200
         assert response.json()["ttl_seconds"] == 120, "capped at AUTH_MAX_TTL_SECONDS"
         with client.websocket_connect(f"/ws?token={response.json()['token']}") as ws:
-            assert ws.receive_json()["user"] == "carol"
+            assert receive(ws)["user"] == "carol"
         assert client.post("/auth/dev-token", json={"user": "no spaces"}).status_code == 422
 
 

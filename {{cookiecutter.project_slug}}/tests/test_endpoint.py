@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +18,10 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
 from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
-from {{ cookiecutter.package_name }}.protocol import Message, Protocol
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM, Message, Protocol, encode
 from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
 
-
-def receive(ws: WebSocketTestSession) -> dict[str, Any]:
-    frame: dict[str, Any] = ws.receive_json()
-    return frame
+from .messages import receive
 
 
 def welcomed(ws: WebSocketTestSession) -> dict[str, Any]:
@@ -97,6 +95,25 @@ def test_a_binary_frame_gets_an_error_and_the_connection_lives_on(client: TestCl
 
 def limited_client(**hub: Any) -> TestClient:
     return TestClient(create_app(Settings(hub=HubSettings(**hub))))
+
+
+@pytest.mark.parametrize(("batch_bytes", "frames"), [(64 * 1024, 1), (0, 3)])
+def test_messages_queued_together_share_one_frame_unless_batching_is_off(
+    batch_bytes: int, frames: int
+) -> None:
+    with (
+        limited_client(batch_bytes=batch_bytes) as client,
+        client.websocket_connect("/ws") as ws,
+    ):
+        welcomed(ws)
+        hub, portal = hub_of(client), client.portal
+        assert portal is not None
+        # Delivered in one call on the server's loop: all three are queued before the writer runs.
+        portal.call(
+            lambda: [hub.deliver(DEFAULT_ROOM, encode({"type": "note", "n": n})) for n in range(3)]
+        )
+        texts = [ws.receive_text() for _ in range(frames)]
+    assert [json.loads(line)["n"] for text in texts for line in text.split("\n")] == [0, 1, 2]
 
 
 def test_an_oversized_frame_closes_with_1009() -> None:

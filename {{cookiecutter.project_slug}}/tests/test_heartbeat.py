@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.heartbeat import HEARTBEAT_TIMEOUT, Heartbe
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
 
 from .conftest import Server, StartServer
+from .messages import next_message
 
 INTERVAL = 0.2
 TIMEOUT = 0.3
@@ -30,15 +31,10 @@ def server(start_server: StartServer) -> Server:
     )
 
 
-async def next_frame(ws: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=PATIENCE))
-    return frame
-
-
 async def open_client(server: Server) -> ClientConnection:
     # No protocol-level pings from the client: only application frames may count as answers.
     ws = await server.connect(ping_interval=None)
-    welcome = await next_frame(ws)
+    welcome = await next_message(ws, PATIENCE)
     assert welcome["type"] == "welcome"
     assert welcome["heartbeat"] == {"interval": INTERVAL, "timeout": TIMEOUT}
     return ws
@@ -54,12 +50,12 @@ async def test_a_client_that_answers_pings_stays_connected(server: Server) -> No
     ws = await open_client(server)
     pings = 0
     while pings < 10:  # ten intervals: far past interval + timeout
-        frame = await next_frame(ws)
+        frame = await next_message(ws, PATIENCE)
         if frame["type"] == "ping":
             pings += 1
             await ws.send(json.dumps({"type": "pong"}))
     await ws.send(json.dumps({"type": "publish", "data": "still here"}))
-    while (frame := await next_frame(ws))["type"] == "ping":
+    while (frame := await next_message(ws, PATIENCE))["type"] == "ping":
         await ws.send(json.dumps({"type": "pong"}))
     assert (frame["type"], frame["data"]) == ("message", "still here")
     assert readiness(server)["connections"] == 1
@@ -74,7 +70,7 @@ async def test_a_silent_client_is_closed_with_4000_and_forgotten(server: Server)
         types = []
         try:
             while True:
-                types.append(json.loads(await ws.recv())["type"])
+                types.append((await next_message(ws, PATIENCE))["type"])
         except ConnectionClosed:
             return types
 
@@ -107,7 +103,7 @@ def test_the_defaults() -> None:
 
 @pytest.mark.anyio
 async def test_one_tick_closes_the_silent_and_pings_the_rest() -> None:
-    async def send(text: str) -> None:
+    async def send(frames: list[str]) -> None:
         return None
 
     hub = Hub()

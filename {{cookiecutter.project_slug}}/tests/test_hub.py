@@ -13,16 +13,20 @@ pytestmark = pytest.mark.anyio
 
 
 class Recorder:
-    """Stands in for a socket: records frames, or blocks forever like a client that never reads."""
+    """Stands in for a socket: records batches, or blocks forever like a client that never reads."""
 
     def __init__(self, *, stalled: bool = False) -> None:
-        self.frames: list[str] = []
+        self.batches: list[list[str]] = []
         self.stalled = stalled
 
-    async def send_text(self, frame: str) -> None:
+    async def send_frames(self, frames: list[str]) -> None:
         if self.stalled:
             await asyncio.Event().wait()
-        self.frames.append(frame)
+        self.batches.append(frames)
+
+    @property
+    def frames(self) -> list[str]:
+        return [frame for batch in self.batches for frame in batch]
 
 
 def connect(
@@ -31,8 +35,15 @@ def connect(
     *,
     limit: int = 8,
     policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
+    batch_bytes: int = 0,
 ) -> Connection:
-    connection = Connection(recorder.send_text, user="u", outbox_limit=limit, policy=policy)
+    connection = Connection(
+        recorder.send_frames,
+        user="u",
+        outbox_limit=limit,
+        policy=policy,
+        batch_bytes=batch_bytes,
+    )
     hub.add(connection)
     hub.join(connection, "r")
     connection.start_writer()
@@ -55,6 +66,33 @@ async def test_a_broadcast_reaches_every_member_in_order() -> None:
         assert recorder.frames == [f"m{n}" for n in range(5)]
     hub.close_all(status.WS_1001_GOING_AWAY)
     assert all(c.state is ConnectionState.CLOSING for c in connections)
+
+
+async def test_frames_queued_while_the_writer_was_away_leave_in_batches_of_batch_bytes() -> None:
+    hub = Hub()
+    one_by_one, batched, capped = Recorder(), Recorder(), Recorder()
+    connect(hub, one_by_one)
+    connect(hub, batched, batch_bytes=1024)
+    connect(hub, capped, batch_bytes=32)  # three 9-character frames and two newlines fit
+    for n in range(5):
+        hub.deliver("r", f"message-{n}")
+    await settle()
+    frames = [f"message-{n}" for n in range(5)]
+    assert one_by_one.batches == [[frame] for frame in frames]
+    assert batched.batches == [frames]
+    assert capped.batches == [frames[0:3], frames[3:5]]
+    hub.close_all(status.WS_1001_GOING_AWAY)
+
+
+async def test_a_frame_larger_than_batch_bytes_still_leaves_alone() -> None:
+    hub = Hub()
+    recorder = Recorder()
+    connect(hub, recorder, batch_bytes=4)
+    hub.deliver("r", "x" * 100)
+    hub.deliver("r", "y")
+    await settle()
+    assert recorder.batches == [["x" * 100], ["y"]]
+    hub.close_all(status.WS_1001_GOING_AWAY)
 
 
 async def test_a_stalled_client_does_not_hold_up_the_others_and_is_closed_on_overflow() -> None:

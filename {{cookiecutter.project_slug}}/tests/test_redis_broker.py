@@ -21,6 +21,7 @@ from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.redis_broker import RedisSettings, redacted
 
 from .conftest import Server, StartServer
+from .messages import next_message, receive
 from .redis_server import RedisServer
 
 # A message with no room goes to the default room, which every client joins when it names no
@@ -74,14 +75,9 @@ def wait_for_readiness(server: Server, status: int, attempts: int = 200) -> dict
     raise AssertionError(f"/readyz never answered {status}:\n{server.output()}")
 
 
-async def next_frame(ws: ClientConnection, seconds: float = 10) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=seconds))
-    return frame
-
-
 async def join(server: Server) -> ClientConnection:
     ws = await server.connect()
-    welcome = await next_frame(ws)
+    welcome = await next_message(ws)
     assert welcome["type"] == "welcome"
     assert ROOM in welcome["rooms"]
     return ws
@@ -117,15 +113,15 @@ def test_a_process_listens_to_a_room_only_while_it_has_members_here(
     wait_for_subscribers(redis_url, ROOM, 0)  # earlier tests' processes have let go
     with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
         for ws in (first, second):
-            assert ws.receive_json()["type"] == "welcome"
+            assert receive(ws)["type"] == "welcome"
         wait_for_subscribers(redis_url, ROOM, 1)  # two members, one listener
         first.send_json({"type": "publish", "room": ROOM, "data": "hello"})
         for ws in (first, second):
-            assert ws.receive_json()["data"] == "hello"
+            assert receive(ws)["data"] == "hello"
         first.close()
         # The room still has a member here: still subscribed.
         second.send_json({"type": "publish", "room": ROOM, "data": "still here"})
-        assert second.receive_json()["data"] == "still here"
+        assert receive(second)["data"] == "still here"
         assert subscribers(redis_url, ROOM) == 1
     wait_for_subscribers(redis_url, ROOM, 0)  # the last member left: unsubscribed
     with redis.Redis.from_url(redis_url, decode_responses=True) as plain:
@@ -135,15 +131,15 @@ def test_a_process_listens_to_a_room_only_while_it_has_members_here(
 def test_one_publisher_is_heard_once_in_order_by_every_member(client: TestClient) -> None:
     with client.websocket_connect("/ws") as sender, client.websocket_connect("/ws") as member:
         for ws in (sender, member):
-            assert ws.receive_json()["type"] == "welcome"
+            assert receive(ws)["type"] == "welcome"
         for n in range(30):
             sender.send_json({"type": "publish", "room": ROOM, "data": n})
         for ws in (sender, member):
-            assert [ws.receive_json()["data"] for _ in range(30)] == list(range(30))
+            assert [receive(ws)["data"] for _ in range(30)] == list(range(30))
         # Nothing twice: the next frame either gets is the one published after.
         member.send_json({"type": "publish", "room": ROOM, "data": "end"})
         for ws in (sender, member):
-            assert ws.receive_json()["data"] == "end"
+            assert receive(ws)["data"] == "end"
 
 
 # Real uvicorn processes on loopback, sharing one Redis.
@@ -167,7 +163,7 @@ async def test_members_on_two_processes_get_every_message_once_in_each_publisher
     async def receive(ws: ClientConnection, frames: int) -> list[tuple[str, int]]:
         received = []
         for _ in range(frames):
-            sender, n = (await next_frame(ws))["data"]
+            sender, n = (await next_message(ws))["data"]
             received.append((sender, n))
         return received
 
@@ -181,7 +177,7 @@ async def test_members_on_two_processes_get_every_message_once_in_each_publisher
     # Nothing twice: the next frame every member gets is the one published last.
     await publish(on_b[1], ["end", 0])
     for ws in on_a + on_b:
-        assert (await next_frame(ws))["data"] == ["end", 0]
+        assert (await next_message(ws))["data"] == ["end", 0]
     for ws in on_a + on_b:
         await ws.close()
 
@@ -196,14 +192,14 @@ async def test_redis_unreachable_at_startup_is_logged_not_ready_and_retried(
     assert f"redis unreachable at {own_redis.url}" in server.output()
     ws = await join(server)
     await publish(ws, "lost")
-    error = await next_frame(ws)
+    error = await next_message(ws)
     assert error["type"] == "error"
     assert error["code"] == "broker_unavailable"
 
     own_redis.start()
     assert wait_for_readiness(server, 200)["checks"]["redis"] is True
     await publish(ws, "heard")
-    assert (await next_frame(ws))["data"] == "heard"
+    assert (await next_message(ws))["data"] == "heard"
     await ws.close()
 
 
@@ -235,11 +231,11 @@ async def test_delivery_resumes_after_redis_restarts_under_traffic(
 
     async def read_replies() -> None:
         while True:
-            replies.append(await next_frame(sender, seconds=60))
+            replies.append(await next_message(sender, seconds=60))
 
     async def listen(ws: ClientConnection, into: list[int]) -> None:
         while True:
-            into.append((await next_frame(ws, seconds=60))["data"])
+            into.append((await next_message(ws, seconds=60))["data"])
 
     async def until(condition: Any, what: str, attempts: int = 300) -> None:
         for _ in range(attempts):

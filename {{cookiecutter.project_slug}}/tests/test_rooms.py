@@ -13,10 +13,7 @@ from {{ cookiecutter.package_name }}.hub import Hub
 from {{ cookiecutter.package_name }}.rooms import RoomSettings
 from {{ cookiecutter.package_name }}.settings import Settings
 
-
-def receive(ws: WebSocketTestSession) -> dict[str, Any]:
-    frame: dict[str, Any] = ws.receive_json()
-    return frame
+from .messages import receive
 
 
 def open_in(client: TestClient, *rooms: str) -> WebSocketTestSession:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-from typing import Any
 
 import httpx2
 import pytest
@@ -16,18 +15,14 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .conftest import Server, StartServer
+from .messages import next_message
 
 pytestmark = pytest.mark.anyio
 
 
-async def next_frame(ws: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
-    return frame
-
-
 async def join(server: Server) -> ClientConnection:
     ws = await server.connect()
-    assert (await next_frame(ws))["type"] == "welcome"
+    assert (await next_message(ws))["type"] == "welcome"
     return ws
 
 
@@ -65,14 +60,14 @@ async def test_a_client_that_never_reads_delays_nobody_and_is_closed_on_overflow
     count = 1000  # 30 MB: more than the stalled socket's kernel buffers and outbox can hold
 
     async def receive_all(ws: ClientConnection) -> list[int]:
-        return [(await next_frame(ws))["data"][0] for _ in range(count)]
+        return [(await next_message(ws))["data"][0] for _ in range(count)]
 
     others = asyncio.create_task(receive_all(reader))
     echoes = []
     for n in range(count):
         await publisher.send(json.dumps({"type": "publish", "data": [n, payload]}))
         # Waiting for our own echo paces the publisher to what a healthy client can take.
-        echoes.append((await next_frame(publisher))["data"][0])
+        echoes.append((await next_message(publisher))["data"][0])
     assert echoes == list(range(count))
     assert await others == list(range(count)), "the other healthy client got all, in order"
     for _ in range(100):
@@ -113,13 +108,13 @@ async def test_a_frame_over_the_limit_is_refused_by_the_server_with_1009(
     ws = await join(server)
     await ws.send(json.dumps({"type": "publish", "data": "x" * 5000}))
     with pytest.raises(ConnectionClosed) as closed:
-        await next_frame(ws)
+        await next_message(ws)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1009
     # The service is unharmed.
     other = await join(server)
     await other.send(json.dumps({"type": "publish", "data": "ok"}))
-    assert (await next_frame(other))["data"] == "ok"
+    assert (await next_message(other))["data"] == "ok"
     await other.close()
 
 

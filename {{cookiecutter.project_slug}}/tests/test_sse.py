@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.sse import LocalHistory, order
 
 from .conftest import Server, StartServer, free_port
+from .messages import next_message
 
 pytestmark = pytest.mark.anyio
 
@@ -157,11 +158,11 @@ async def test_publish_over_http_reaches_websocket_and_sse_subscribers(
 ) -> None:
     server = start_server()
     async with server.connect() as ws, open_stream(server) as stream:
-        welcome = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        welcome = await next_message(ws, SOON)
         assert welcome["type"] == "welcome"
 
         event_id = await post(server, {"text": "over http"})
-        over_ws = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        over_ws = await next_message(ws, SOON)
         _, over_sse = await stream.next_message()
         assert over_ws == over_sse
         assert over_ws["id"] == event_id
@@ -169,7 +170,7 @@ async def test_publish_over_http_reaches_websocket_and_sse_subscribers(
 
         # And the other way: a WebSocket publish reaches the SSE subscriber, with its id.
         await ws.send(json.dumps({"type": "publish", "data": "over ws"}))
-        echo = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        echo = await next_message(ws, SOON)
         _, from_ws = await stream.next_message()
         assert from_ws == echo
         assert from_ws["data"] == "over ws"

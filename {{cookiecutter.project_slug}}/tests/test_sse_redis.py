@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from .conftest import StartServer
+from .messages import next_message
 from .test_sse import SOON, open_stream, post
 
 pytestmark = pytest.mark.anyio
@@ -39,9 +39,9 @@ async def test_a_websocket_publish_on_one_process_reaches_a_stream_on_another(
 ) -> None:
     first, second = start_server(), start_server()
     async with first.connect() as ws, open_stream(second) as stream:
-        assert json.loads(await asyncio.wait_for(ws.recv(), SOON))["type"] == "welcome"
+        assert (await next_message(ws, SOON))["type"] == "welcome"
         await ws.send(json.dumps({"type": "publish", "data": "across"}))
-        echo = json.loads(await asyncio.wait_for(ws.recv(), SOON))
+        echo = await next_message(ws, SOON)
         _, frame = await stream.next_message()
     assert frame == echo
     assert frame["data"] == "across"

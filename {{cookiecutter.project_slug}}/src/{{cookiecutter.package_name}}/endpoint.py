@@ -24,7 +24,7 @@ from starlette import status
 from starlette.responses import Response
 from starlette.websockets import WebSocketState
 
-from .hub import Connection, Hub
+from .hub import Connection, Hub, SendFrames
 from .identity import SESSION_EXPIRED, HandshakeRefused, Identify, Identity, anonymous
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
@@ -73,10 +73,11 @@ class Endpoint:
             return
         await websocket.accept()
         connection = Connection(
-            websocket.send_text,
+            _send_frames_on(websocket),
             user=identity.user,
             outbox_limit=self.settings.outbox_limit,
             policy=self.settings.slow_consumer_policy,
+            batch_bytes=self.settings.batch_bytes,
         )
         self.hub.add(connection)
         writer = connection.start_writer()
@@ -153,6 +154,14 @@ class Endpoint:
                 logger.exception("handler failed on %r", connection)
                 connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
                 return
+
+
+def _send_frames_on(websocket: WebSocket) -> SendFrames:
+    async def send_frames(frames: list[str]) -> None:
+        # One WebSocket frame per batch, one message per line: JSON never holds a raw newline.
+        await websocket.send_text("\n".join(frames))
+
+    return send_frames
 
 
 def _close_on_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:

@@ -1,8 +1,13 @@
 """The JSON protocol: message envelopes with a `type`, routed to handlers.
 
-Every frame is a JSON object with a string `type`. Each feature registers the types it handles
-with `Protocol.on`; a frame that is not JSON, has no known type or has the wrong fields gets an
-`error` frame back and the connection lives on. The generated README documents every type.
+Every message is a JSON object with a string `type`. Each feature registers the types it
+handles with `Protocol.on`; a frame that is not JSON, has no known type or has the wrong fields
+gets an `error` frame back and the connection lives on. The generated README documents every
+type.
+
+A client sends one message per text frame. The server may send several in one text frame, one
+per line, when they are queued for a client that is behind (`HUB_BATCH_BYTES`): `encode` never
+writes a raw newline (JSON escapes it in strings), so splitting a frame on "\n" is exact.
 """
 
 from __future__ import annotations

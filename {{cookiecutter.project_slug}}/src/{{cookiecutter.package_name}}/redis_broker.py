@@ -282,7 +282,9 @@ class RedisBroker(Broker):
             room = channel[len(self._prefix) :]
             kind = message["type"]
             if kind == "message":
-                frame = message["data"]
+                # Frames are single lines (protocol.py); a foreign publisher's pretty-printed
+                # JSON would be split by clients. Newlines outside strings are only whitespace.
+                frame = message["data"].replace("\n", "")
                 self.hub.deliver(room, frame)
                 if waiting := self._echoes.get(room):
                     self._heard(waiting, frame)

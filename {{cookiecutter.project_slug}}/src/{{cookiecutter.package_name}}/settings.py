@@ -57,6 +57,10 @@ class HubSettings(BaseSettings):
     # largest burst a healthy client must absorb, or healthy clients get shed during bursts.
     outbox_limit: int = Field(default=1024, ge=1)
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    # A client that is behind gets what is queued for it in one frame, a message per line, up
+    # to about this many bytes: one write instead of many, the main cost of a broadcast.
+    # 0 sends one message per frame, for clients that cannot split frames on newlines.
+    batch_bytes: int = Field(default=64 * 1024, ge=0)
     # A larger frame closes the connection with 1009 (message too big).
     max_message_bytes: int = Field(default=64 * 1024, ge=256)
     # Frames a client may send per second on average, and in one burst; past that the

@@ -238,10 +238,11 @@ class EventStream(Response):
         self._send = send
         sse, settings = self.sse, self.sse.hub_settings
         connection = Connection(
-            self._write_frame,
+            self._write_frames,
             user=self.user,
             outbox_limit=settings.outbox_limit,
             policy=settings.slow_consumer_policy,
+            batch_bytes=settings.batch_bytes,
         )
         self._connection = connection
         # Members first, then the history: what is published meanwhile is queued in the outbox
@@ -319,30 +320,35 @@ class EventStream(Response):
             self.cursor[room] = event_id
         return f"id: {urlencode(self.cursor)}\nevent: {event}\ndata: {frame}\n\n"
 
-    async def _write_frame(self, frame: str) -> None:
-        """The connection's send function: a hub frame becomes an SSE event."""
-        if frame == _COMMENT_PING:
-            # A ping interval after the replay, every message stored before it was read has
-            # long reached the broker: none can arrive twice any more.
-            self._replayed.clear()
-            await self._write(": ping\n\n")
+    async def _write_frames(self, frames: list[str]) -> None:
+        """The connection's send function: hub frames become SSE events, in one write."""
+        text = "".join(self._event_for(frame) for frame in frames)
+        if text:
+            await self._write(text)
+        if _COMMENT_PING in frames:
             # A stream cannot answer a heartbeat: it counts as alive while the server can
             # still hand its writes on (a client that stopped reading blocks them).
             assert self._connection is not None
             self._connection.last_seen = asyncio.get_running_loop().time()
-            return
+
+    def _event_for(self, frame: str) -> str:
+        """The SSE text of one hub frame; empty for frames a stream does not show."""
+        if frame == _COMMENT_PING:
+            # A ping interval after the replay, every message stored before it was read has
+            # long reached the broker: none can arrive twice any more.
+            self._replayed.clear()
+            return ": ping\n\n"
         if frame == _HEARTBEAT_PING:
-            return
+            return ""
         payload: dict[str, Any] = json.loads(frame)
         event = str(payload.get("type", "message"))
         room, event_id = payload.get("room"), payload.get("id")
         if not isinstance(room, str) or not isinstance(event_id, str):
-            await self._write(f"event: {event}\ndata: {frame}\n\n")
-            return
+            return f"event: {event}\ndata: {frame}\n\n"
         if self._replayed and event_id in self._replayed:
             self._replayed.discard(event_id)
-            return
-        await self._write(self._event(event, room, event_id, frame))
+            return ""
+        return self._event(event, room, event_id, frame)
 
     async def _write(self, text: str) -> None:
         assert self._send is not None

@@ -54,22 +54,9 @@ class RealtimeClient extends EventTarget {
     socket.addEventListener("open", () => this.setState("open"));
     socket.addEventListener("message", (event) => {
       if (this.socket !== socket) return; // one the watchdog gave up on
-      let frame;
-      try {
-        frame = JSON.parse(event.data);
-      } catch {
-        return; // the server only sends JSON; anything else is not ours to handle
-      }
-      if (frame.type === "welcome") {
-        this.attempt = 0;
-        const heartbeat = frame.heartbeat;
-        if (heartbeat) this.announcedDeadAfter = (heartbeat.interval + heartbeat.timeout) * 1000;
-      } else if (frame.type === "ping") {
-        this.pinged = true;
-        this.send({ type: "pong" });
-      }
+      // A frame holds one message per line: the server batches what a busy client has queued.
+      for (const line of String(event.data).split("\n")) this.receive(line);
       this.feedWatchdog(socket);
-      this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
     });
     socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
@@ -106,6 +93,24 @@ class RealtimeClient extends EventTarget {
     this.setState("reconnecting");
     this.dispatchEvent(new CustomEvent("retry", { detail: { delay } }));
     this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  receive(line) {
+    let frame;
+    try {
+      frame = JSON.parse(line);
+    } catch {
+      return; // the server only sends JSON; anything else is not ours to handle
+    }
+    if (frame.type === "welcome") {
+      this.attempt = 0;
+      const heartbeat = frame.heartbeat;
+      if (heartbeat) this.announcedDeadAfter = (heartbeat.interval + heartbeat.timeout) * 1000;
+    } else if (frame.type === "ping") {
+      this.pinged = true;
+      this.send({ type: "pong" });
+    }
+    this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
 
   // Send one message; false when not connected (the caller decides whether to retry).
