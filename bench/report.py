@@ -197,15 +197,36 @@ def _ok(condition: bool, value: float) -> bool | None:
     return None if math.isnan(value) else condition
 
 
+def describe_answers(answers: dict[str, Any]) -> str:
+    """'rooms, sse, heartbeats on; auth=query_token': the features a project was rendered with."""
+    on = [name.removeprefix("use_") for name, value in answers.items() if value is True]
+    off = [name.removeprefix("use_") for name, value in answers.items() if value is False]
+    parts = [f"{', '.join(on)} on"] if on else []
+    parts += [f"{', '.join(off)} off"] if off else []
+    parts += [f"{name}={value}" for name, value in answers.items() if not isinstance(value, bool)]
+    return "; ".join(parts)
+
+
 def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     m, v = meta["machine"], meta["versions"]
     runs = meta["config"]["runs"]
+    # results.json written before the answers were recorded has none: no line for them then.
+    answers = meta.get("answers") or {}
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']} "
         f"(load {m['load_at_start']:.1f} at start). Python {v['python']}, FastAPI {v['fastapi']}, "
         f"Starlette {v['starlette']}, uvicorn {v['uvicorn']}, websockets {v['websockets']}. "
         f"{meta['date']}, {runs} run(s), {meta.get('seconds', 0):.0f} s.",
         "",
+    ]
+    if answers:
+        lines += [
+            "Answers: "
+            + ". ".join(f"{target}: {describe_answers(a)}" for target, a in answers.items())
+            + ".",
+            "",
+        ]
+    lines += [
         "Median over the runs (min–max in brackets); ratios are computed within each run, then "
         "their median is shown.",
         "",

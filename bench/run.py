@@ -2,9 +2,10 @@
 
     python bench/run.py [--quick] [--runs 5] [--out build/bench]
 
-Renders the template's default answers (and, when the template has a `use_redis` question, a
-Redis variant), installs it into its own virtualenv, and for each run and each server starts a
-fresh server process per workload and drives it from separate client processes on loopback:
+Renders the template with every feature on: its default answers (rooms, SSE, heartbeats) with
+`auth=query_token` (and, when the template has a `use_redis` question, a Redis variant), installs
+it into its own virtualenv, and for each run and each server starts a fresh server process per
+workload and drives it from separate client processes on loopback:
 
 F  fanout: N subscribers in one room (N = 100 and 1,000), one publisher as fast as the server
    echoes allow (a window of outstanding messages): deliveries/s, server CPU per delivery.
@@ -14,6 +15,8 @@ I  idle: server memory per open connection at 2,000 and 10,000 connections.
 R  Redis: F through the Redis broker, and two server processes sharing a room (only when the
    template has `use_redis`).
 
+The service gets a signing secret made for this invocation (AUTH_SECRET) and its clients a token
+the project's own `token` command signs with it, in `/ws?token=...`; the baselines take no token.
 Server CPU is user + system time of the server process itself (psutil). Every figure is a median
 over the runs, with its spread, and a ratio to the baselines measured in the same run. Writes
 results.json, results.md and results.png into --out.
@@ -29,6 +32,7 @@ import math
 import multiprocessing
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psutil
 
@@ -53,6 +58,12 @@ import report  # noqa: E402
 
 HOST = "127.0.0.1"
 ROOM = "bench"
+# The answers the service is measured with: every feature on. The template's defaults turn on
+# rooms, SSE and heartbeats; authentication is off by default, so it is asked for here.
+ANSWERS: dict[str, object] = {**rendering.DEFAULT.answers, "auth": "query_token"}
+# The one token every bench client connects with outlives any invocation (a 5-run bench takes
+# about 20 minutes); its secret is made per invocation and dies with it.
+TOKEN_TTL_SECONDS = 7 * 24 * 3600
 # Idle connections cost a client process little; busy ones are spread wider, so client-side
 # queueing stays small next to what is measured.
 IDLE_PER_PROCESS = 2500
@@ -115,6 +126,20 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     # Extra env per workload kind ("fanout" or "latency"); the service's outbox limit.
     env_for: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Extra query parameters of every connection URL, after `room`: the service's `token`.
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def server_env(
+    target: Target, kind: str, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a target's process runs with (its server, or a command of its project)."""
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env.update(target.env)
+    env.update(target.env_for.get(kind, {}))
+    env.update(extra_env or {})
+    return env
 
 
 def free_port() -> int:
@@ -132,11 +157,7 @@ class Server:
         argv = [
             arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv
         ]
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
-        env.update(target.env)
-        env.update(target.env_for.get(kind, {}))
-        env.update(extra_env or {})
+        env = server_env(target, kind, extra_env)
         env.update({"SERVER_HOST": HOST, "SERVER_PORT": str(self.port)})
         logs.mkdir(parents=True, exist_ok=True)
         self.log = open(logs / f"{target.name}-{kind}-{self.port}.log", "wb")  # noqa: SIM115
@@ -164,7 +185,7 @@ class Server:
             time.sleep(0.1)
 
     def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/ws?room={ROOM}"
+        return f"ws://{HOST}:{self.port}/ws?{urlencode({'room': ROOM, **self.target.query})}"
 
     def cpu(self) -> float:
         times = self.ps.cpu_times()
@@ -386,19 +407,71 @@ def _percentile(values: list[int], pct: float) -> float:
 # --- preparation -----------------------------------------------------------------------------
 
 
-def prepare_project(out: Path, label: str, answers: dict[str, object]) -> tuple[Path, str]:
-    """Render and install the template; return (virtualenv python, package name)."""
+def prepare_project(out: Path, label: str, answers: dict[str, object]) -> Path:
+    """Render and install the template; return the project's folder."""
     parent = out / "projects" / label
     shutil.rmtree(parent, ignore_errors=True)
     parent.mkdir(parents=True)
     project = rendering.render_cookiecutter(answers, parent)
-    bin_dir = rendering.install(project)
-    package = next((project / "src").glob("*/__main__.py")).parent.name
-    return bin_dir / "python", package
+    rendering.install(project)
+    return project
 
 
-def service_target(name: str, python: Path, package: str, config: Config, **env: str) -> Target:
-    return Target(
+def project_parts(project: Path) -> tuple[Path, Path]:
+    """(virtualenv python, package folder) of a rendered and installed project."""
+    python = project / ".venv" / "bin" / "python"
+    package_dir = next((project / "src").glob("*/__main__.py")).parent
+    return python, package_dir
+
+
+def project_answers(package_dir: Path) -> dict[str, object]:
+    """The feature answers a project was rendered with, read from the modules generation kept
+    (hooks/post_gen_project.py deletes those of the features not chosen), so that a project
+    given with --project is described, and connected to, as it really is."""
+
+    def has(module: str) -> bool:
+        return (package_dir / f"{module}.py").is_file()
+
+    auth = "query_token" if has("auth_token") else "cookie" if has("auth_cookie") else "none"
+    return {
+        "use_rooms": has("rooms"),
+        "use_redis": has("redis_broker"),
+        "use_sse": has("sse"),
+        "use_heartbeats": has("heartbeat"),
+        "auth": auth,
+    }
+
+
+def mint_token(target: Target, package: str) -> str:
+    """A token from the project's own `token` command, in the server's environment (so signed
+    with its AUTH_SECRET, and with its issuer and audience if the environment sets them)."""
+    result = subprocess.run(
+        [target.argv[0], "-m", package, "token", "bench", "--ttl", str(TOKEN_TTL_SECONDS)],
+        cwd=target.cwd,
+        env=server_env(target, "token"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    token = result.stdout.strip()
+    if result.returncode != 0 or token.count(".") != 2:
+        raise RuntimeError(
+            f"{target.name}: `python -m {package} token` exited {result.returncode}: "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return token
+
+
+def service_target(
+    name: str, python: Path, package_dir: Path, config: Config, secret: str, **env: str
+) -> Target:
+    """The project's own server. With query-token auth, it gets `secret` as AUTH_SECRET and
+    every connection URL a token signed with it. Its Origin is not checked (only cookie auth
+    has an Origin allowlist), so the clients, which send no Origin header, need nothing more."""
+    package = package_dir.name
+    target = Target(
         name=name,
         argv=[str(python), "-m", package, "serve"],
         cwd=BENCH,
@@ -414,6 +487,16 @@ def service_target(name: str, python: Path, package: str, config: Config, **env:
             "latency": {"HUB_OUTBOX_LIMIT": str(config.outbox_limit_latency)},
         },
     )
+    auth = project_answers(package_dir)["auth"]
+    if auth == "query_token":
+        target.env["AUTH_SECRET"] = secret
+        target.query["token"] = mint_token(target, package)
+    elif auth != "none":
+        raise SystemExit(
+            f"{name}: auth={auth} is not supported: the bench clients carry a query token, "
+            "never a session cookie"
+        )
+    return target
 
 
 def versions(python: Path) -> dict[str, str]:
@@ -484,13 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     clients.raise_fd_limit()
 
     started = time.time()
-    if args.project is not None:
-        python = args.project.resolve() / ".venv" / "bin" / "python"
-        package = next((args.project / "src").glob("*/__main__.py")).parent.name
-    else:
-        python, package = prepare_project(out, "default", dict(rendering.DEFAULT.answers))
+    # One signing secret per invocation, shared by the service and its Redis variant.
+    secret = secrets.token_urlsafe(32)
+    project = (
+        args.project.resolve()
+        if args.project is not None
+        else prepare_project(out, "service", dict(ANSWERS))
+    )
+    python, package_dir = project_parts(project)
+    answers = {"service": project_answers(package_dir)}
     targets = [
-        service_target("service", python, package, config),
+        service_target("service", python, package_dir, config, secret),
         # uvicorn defaults: auto ws implementation, per-message deflate negotiated when offered.
         Target(
             "textbook",
@@ -537,10 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     redis: dict[str, Any] = {"available": redis_question()}
     redis_target = None
     if "R" in only and redis["available"]:
-        redis_python, redis_package = prepare_project(
-            out, "redis", {**rendering.DEFAULT.answers, "use_redis": True}
+        redis_python, redis_package_dir = project_parts(
+            prepare_project(out, "redis", {**ANSWERS, "use_redis": True})
         )
-        redis_target = service_target("service-redis", redis_python, redis_package, config)
+        answers["service-redis"] = project_answers(redis_package_dir)
+        redis_target = service_target(
+            "service-redis", redis_python, redis_package_dir, config, secret
+        )
     elif not redis["available"]:
         redis["note"] = "R: not available in this template version (no use_redis question)"
 
@@ -551,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in vars(config).items()},
         "quick": args.quick,
         "project": str(args.project) if args.project else "rendered from the template",
+        "answers": answers,
         "redis": redis,
     }
     rows: list[dict[str, Any]] = []

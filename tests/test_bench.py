@@ -30,7 +30,17 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    # The service is measured with every feature on, authentication included: its clients
+    # connected with a token (the counts below add up only if they were let in).
+    assert results["meta"]["answers"]["service"] == {
+        "use_rooms": True,
+        "use_redis": False,
+        "use_sse": True,
+        "use_heartbeats": True,
+        "auth": "query_token",
+    }
     by_key = {(row["target"], row["workload"]): row for row in rows}
     fanouts = sorted({row["workload"] for row in rows if row["workload"].startswith("F")})
     assert fanouts, rows
@@ -54,6 +64,7 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
         assert all(math.isfinite(value) and value < 10_000 for value in memory), idle
     summary = (out / "results.md").read_text()
     assert "| figure |" in summary
+    assert "service: rooms, sse, heartbeats on; redis off; auth=query_token" in summary
     # R runs when the template has a Redis option, and says so when it has none.
     assert "R: not available" in summary or "R1" in summary or "R2" in summary
     assert (out / "results.png").stat().st_size > 1000
