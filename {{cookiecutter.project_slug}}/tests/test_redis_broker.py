@@ -284,3 +284,30 @@ async def test_delivery_resumes_after_redis_restarts_under_traffic(
     assert "redis unreachable at" in a.output()
     for ws in [sender, *listeners]:
         await ws.close()
+
+
+@pytest.mark.anyio
+async def test_a_redis_that_stops_answering_fails_publishes_instead_of_holding_them(
+    own_redis: RedisServer, start_server: StartServer
+) -> None:
+    own_redis.start()
+    server = start_server(
+        REDIS_URL=own_redis.url,
+        REDIS_PUBLISH_TIMEOUT_SECONDS="0.5",
+        REDIS_MAX_PENDING_PUBLISHES="3",
+        **FAST_BACKOFF,
+        **UNLIMITED,
+    )
+    ws = await join(server)
+    with own_redis.client() as admin:
+        # Redis takes connections but runs no command for 10 s (not even an UNPAUSE), as when
+        # it is overloaded; the replies below take about a second.
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "ALL")
+    for n in range(10):
+        await publish(ws, n)
+    replies = [await next_message(ws) for _ in range(10)]
+    assert {reply["code"] for reply in replies} == {"broker_unavailable"}, replies
+    details = [reply["detail"] for reply in replies]
+    # At most three wait while one is sent; the others are refused at once.
+    assert sum("not keeping up" in detail for detail in details) >= 6, details
+    await ws.close()

@@ -331,7 +331,7 @@ async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: Star
 async def test_the_local_history_answers_since() -> None:
     history = LocalHistory(size=3)
     frames = [json.dumps({"n": n}) for n in range(5)]
-    ids = [await history.append("a", frame) for frame in frames]
+    ids = [history.append("a", frame) for frame in frames]
     assert await history.since("a", ids[1]) == [(ids[n], frames[n]) for n in (2, 3, 4)]
     assert await history.since("a", ids[4]) == []
     assert await history.since("a", ids[0]) is None, "too old: ids[1] is gone"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from websockets.asyncio.client import ClientConnection
+
+from {{ cookiecutter.package_name }}.sse import order
 
 from .conftest import StartServer
 from .messages import next_message
@@ -45,3 +49,25 @@ async def test_a_websocket_publish_on_one_process_reaches_a_stream_on_another(
         _, frame = await stream.next_message()
     assert frame == echo
     assert frame["data"] == "across"
+
+
+async def test_ids_follow_delivery_order_with_publishers_on_two_processes(
+    start_server: StartServer,
+) -> None:
+    first, second = start_server(), start_server()
+    count = 40  # from each publisher: within the default rate limit's burst
+
+    async def publish_all(ws: ClientConnection, name: str) -> None:
+        for n in range(count):
+            await ws.send(json.dumps({"type": "publish", "data": [name, n]}))
+
+    async with first.connect() as a, second.connect() as b, open_stream(first) as stream:
+        for ws in (a, b):
+            assert (await next_message(ws, SOON))["type"] == "welcome"
+        await asyncio.gather(publish_all(a, "a"), publish_all(b, "b"))
+        over_ws = [await next_message(a, SOON) for _ in range(2 * count)]
+        over_sse = [(await stream.next_message())[1] for _ in range(2 * count)]
+    ids = [frame["id"] for frame in over_ws]
+    # Redis gives the id and publishes in one step, so ids increase in the order delivered.
+    assert ids == sorted(set(ids), key=order)
+    assert over_sse == over_ws

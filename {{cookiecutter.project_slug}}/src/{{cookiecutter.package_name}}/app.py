@@ -49,25 +49,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     hub = Hub()
     readiness = Readiness()
-{%- if cookiecutter.use_redis %}
+{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
+    # Every message gets its event id once, as Redis records it in the room's history while
+    # publishing it, before any subscriber sees it.
+    broker: Broker = RedisBroker(hub, settings.redis, history_size=settings.sse.history_size)
+    history: History = RedisHistory(settings.redis)
+{%- elif cookiecutter.use_redis %}
     broker: Broker = RedisBroker(hub, settings.redis)
-    readiness.add_check("redis", lambda: broker.ready)
+{%- elif cookiecutter.use_sse %}
+    # Every message gets its event id once, as it is recorded, before any subscriber sees it.
+    local_history = LocalHistory(settings.sse.history_size)
+    broker: Broker = LocalBroker(hub, stamp=local_history.append)
+    history: History = local_history
 {%- else %}
     broker: Broker = LocalBroker(hub)
+{%- endif %}
+{%- if cookiecutter.use_redis %}
+    readiness.add_check("redis", lambda: broker.ready)
 {%- endif %}
     hub.on_room_opened = broker.subscribe
     hub.on_room_closed = broker.unsubscribe
     protocol = Protocol()
     publisher = Publisher(broker)
-{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
-    history: History = RedisHistory(settings.redis, settings.sse.history_size)
-{%- elif cookiecutter.use_sse %}
-    history: History = LocalHistory(settings.sse.history_size)
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-    # Every message gets its event id once, here, before any subscriber sees it.
-    publisher.stamp = history.append
-{%- endif %}
     protocol.on("publish", Publish, publisher.handle)
     on_open: OnOpen | None = None
 {%- if cookiecutter.use_rooms %}

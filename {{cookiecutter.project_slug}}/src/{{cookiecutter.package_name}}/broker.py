@@ -8,12 +8,20 @@ the test double, hands it straight to the hub: one process is the whole world.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
+from collections.abc import Callable
 
 from .hub import Hub
-from .protocol import ProtocolError
+from .protocol import ProtocolError, with_id
 
-__all__ = ["Broker", "BrokerErrorCode", "BrokerUnavailable", "LocalBroker"]
+__all__ = ["Broker", "BrokerErrorCode", "BrokerUnavailable", "LocalBroker", "Sent", "Stamp"]
+
+# What became of a publish: the message's event id (None when messages get none), or
+# BrokerUnavailable.
+Sent = asyncio.Future[str | None]
+# Records a frame as a room's newest event and returns its id (the SSE feature's history).
+Stamp = Callable[[str, str], str]
 
 
 class BrokerErrorCode(enum.StrEnum):
@@ -40,11 +48,13 @@ class Broker(abc.ABC):
         """Begin background work; must not wait for an external server to be reachable."""
 
     @abc.abstractmethod
-    async def publish(self, room: str, frame: str) -> None:
+    def publish(self, room: str, frame: str) -> Sent:
         """Deliver `frame` to every member of `room`, in every process, exactly once each.
 
-        Frames published by one caller reach each member in the order they were published.
-        Raises BrokerUnavailable when the frame cannot be handed on; nothing was delivered then.
+        Returns at once, without waiting for the delivery, so that a sender's next message is
+        handled while this one travels; frames reach each member in the order they were
+        published. The future says how it went: BrokerUnavailable if the frame could not be
+        handed on (nothing was delivered then).
         """
 
     @abc.abstractmethod
@@ -72,13 +82,25 @@ class Broker(abc.ABC):
 
 
 class LocalBroker(Broker):
-    """This process only: a publish is a delivery to the hub."""
+    """This process only: a publish is a delivery to the hub, done when `publish` returns.
 
-    def __init__(self, hub: Hub) -> None:
+    With a `stamp` (the SSE history), each frame is first recorded and gets its event id,
+    which travels in the frame as `"id"`, so WebSocket and SSE subscribers see the same id.
+    """
+
+    def __init__(self, hub: Hub, stamp: Stamp | None = None) -> None:
         self.hub = hub
+        self.stamp = stamp
 
-    async def publish(self, room: str, frame: str) -> None:
+    def publish(self, room: str, frame: str) -> Sent:
+        event_id = None
+        if self.stamp is not None:
+            event_id = self.stamp(room, frame)
+            frame = with_id(frame, event_id)
         self.hub.deliver(room, frame)
+        sent: Sent = asyncio.get_running_loop().create_future()
+        sent.set_result(event_id)
+        return sent
 
     def subscribe(self, room: str) -> None:
         pass

@@ -31,6 +31,7 @@ __all__ = [
     "Publish",
     "encode",
     "error_frame",
+    "with_id",
 ]
 
 # Without the rooms feature every client is in this one room; with it, a client that names no
@@ -92,6 +93,11 @@ def encode(payload: dict[str, object]) -> str:
 
 def error_frame(code: str, detail: str) -> str:
     return encode({"type": "error", "code": str(code), "detail": detail})
+
+
+def with_id(frame: str, event_id: str) -> str:
+    """The frame with `"id"` as its first field: the same string live and replayed."""
+    return '{"id":' + json.dumps(event_id) + "," + frame[1:]
 
 
 class Protocol:

@@ -7,6 +7,12 @@ to its hub. A process that publishes does not deliver locally: its own members g
 from Redis like everyone else's, so every member gets it once, in the one order Redis gives the
 channel.
 
+Publishes are queued and sent by one task over one connection, in order, every publish that
+is waiting going in one pipelined round trip: a busy room's messages reach Redis, and come
+back to each process, several at a time, so each member gets them in one write (hub.py).
+With a history (the SSE feature), one script per message appends it to the room's Redis
+Stream and publishes it with the stream id as its event id, so ids follow delivery order.
+
 The listener survives Redis restarts: it reconnects with capped exponential backoff and jitter,
 subscribes again to every room that has members here, and `ready` is false meanwhile. Pub/sub
 keeps nothing: a message published while this process is cut off from Redis never reaches it.
@@ -18,23 +24,37 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .broker import Broker, BrokerUnavailable
+from .broker import Broker, BrokerUnavailable, Sent
 from .hub import Hub
 
-__all__ = ["RedisBroker", "RedisSettings"]
+__all__ = ["HISTORY_FIELD", "RedisBroker", "RedisSettings", "history_key"]
 
 logger = logging.getLogger(__name__)
+
+# The field of a history stream entry that holds the frame (without its id).
+HISTORY_FIELD = "frame"
+# Appends a frame to a room's stream (trimmed to about ARGV[3] entries) and publishes it with
+# the entry's id as its first field, as `protocol.with_id` writes it: in one step, so ids are
+# in the order members get the messages. KEYS[1]: the stream; ARGV: channel, frame, length,
+# field. Trimming is approximate (~), which Redis does cheaply in whole nodes; the history's
+# reader checks the real oldest id, so a client never gets a gap it is not told about.
+STAMP_AND_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[2])
+redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2))
+return id
+"""
 
 
 class RedisSettings(BaseSettings):
@@ -52,6 +72,9 @@ class RedisSettings(BaseSettings):
     # How long a publish may wait for Redis (to answer, or to confirm a new subscription)
     # before the sender gets a `broker_unavailable` error.
     publish_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Publishes waiting to be sent to Redis; past this (Redis is not keeping up) a publish
+    # fails at once with `broker_unavailable` instead of holding memory without bound.
+    max_pending_publishes: int = Field(default=10_000, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -65,6 +88,11 @@ class RedisSettings(BaseSettings):
         if self.backoff_min_seconds > self.backoff_max_seconds:
             raise ValueError("backoff_min_seconds must not exceed backoff_max_seconds")
         return self
+
+
+def history_key(settings: RedisSettings, room: str) -> str:
+    """The Redis Stream holding a room's history (the SSE feature)."""
+    return f"{settings.channel_prefix}{room}:history"
 
 
 def redacted(url: str) -> str:
@@ -82,9 +110,11 @@ class RedisBroker(Broker):
     """Publishes to Redis and listens, on one connection, to the channels of this process's
     rooms; see the module docstring for what it promises."""
 
-    def __init__(self, hub: Hub, settings: RedisSettings) -> None:
+    def __init__(self, hub: Hub, settings: RedisSettings, history_size: int | None = None) -> None:
         self.hub = hub
         self.settings = settings
+        # With a size, every message is recorded in its room's stream as it is published.
+        self.history_size = history_size
         self._prefix = settings.channel_prefix
         # No retries inside redis-py: a failed publish is reported at once, and the listener
         # owns reconnecting, so that it can resubscribe and report readiness itself.
@@ -101,12 +131,13 @@ class RedisBroker(Broker):
         self._wanted: set[str] = set()
         self._confirmed: set[str] = set()
         self._confirmation: dict[str, asyncio.Event] = {}
-        # Frames published here whose echo from Redis has not arrived yet, by room.
-        self._echoes: dict[str, list[tuple[str, asyncio.Future[None]]]] = {}
         self._changed = asyncio.Event()
         self._connected = False
         self._first_attempt = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._outgoing: deque[tuple[str, str, Sent]] = deque()
+        self._has_outgoing = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -116,46 +147,81 @@ class RedisBroker(Broker):
         if self._listener is not None:
             raise RuntimeError(f"Expected no listener, got {self._listener!r}")
         self._listener = asyncio.create_task(self._listen(), name="redis-listener")
+        self._sender = asyncio.create_task(self._send_publishes(), name="redis-publisher")
         # One attempt, so that a service whose Redis is up takes traffic as soon as it starts;
         # it starts either way, not ready, and keeps trying.
         await self._first_attempt.wait()
 
-    async def publish(self, room: str, frame: str) -> None:
+    def publish(self, room: str, frame: str) -> Sent:
+        sent: Sent = asyncio.get_running_loop().create_future()
         if not self._connected:
-            raise BrokerUnavailable(f"Redis at {redacted(self.settings.url)} is unreachable")
-        if room not in self._wanted:
-            # No member here (a publish over HTTP): nobody here waits to hear it back.
-            try:
-                await self._redis.publish(self._prefix + room, frame)
-            except (RedisError, OSError) as error:
-                raise BrokerUnavailable(f"Redis refused the message: {error}") from None
-            return
-        # This process must hear the channel before publishing to it, or the sender would miss
-        # its own message: a new subscription is confirmed on the listener connection.
-        if room not in self._confirmed:
-            event = self._confirmation.setdefault(room, asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), self.settings.publish_timeout_seconds)
-            except TimeoutError:
-                raise BrokerUnavailable(f"Redis did not confirm room {room!r}") from None
-        # Returning once the frame is back from Redis, in this process's hub, keeps the local
-        # shape: a sender's next frame is handled after its previous message was delivered.
-        echo = (frame, asyncio.get_running_loop().create_future())
-        waiting = self._echoes.setdefault(room, [])
-        waiting.append(echo)
+            sent.set_exception(
+                BrokerUnavailable(f"Redis at {redacted(self.settings.url)} is unreachable")
+            )
+        elif len(self._outgoing) >= self.settings.max_pending_publishes:
+            sent.set_exception(BrokerUnavailable("Redis is not keeping up; try again later"))
+        else:
+            self._outgoing.append((room, frame, sent))
+            self._has_outgoing.set()
+        return sent
+
+    async def _send_publishes(self) -> None:
+        """Send queued publishes in order: all that are waiting, in one round trip."""
+        while True:
+            await self._has_outgoing.wait()
+            self._has_outgoing.clear()
+            while self._outgoing:
+                batch = list(self._outgoing)
+                self._outgoing.clear()
+                try:
+                    await self._send(batch)
+                except asyncio.CancelledError:
+                    _fail(batch, BrokerUnavailable("the service is shutting down"))
+                    raise
+                except Exception:  # a bug: the publishes fail, this task goes on
+                    logger.exception("sending %d publishes to Redis failed", len(batch))
+                    _fail(batch, BrokerUnavailable("Redis refused the message"))
+
+    async def _send(self, batch: list[tuple[str, str, Sent]]) -> None:
         try:
-            await self._redis.publish(self._prefix + room, frame)
-            # Past the timeout Redis has the message but this process has not heard it back
-            # (the listener is reconnecting): it was published all the same.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(echo[1], self.settings.publish_timeout_seconds)
+            # With members here, this process must hear a room before publishing to it, or
+            # the sender would miss its own message: a new subscription is confirmed first.
+            for room in {room for room, _, _ in batch if room in self._wanted}:
+                await self.listening(room)
+            async with self._redis.pipeline(transaction=False) as pipeline:
+                for room, frame, _ in batch:
+                    self._queue_publish(pipeline, room, frame)
+                results = await pipeline.execute(raise_on_error=False)
+        except BrokerUnavailable as error:
+            results = [error] * len(batch)
         except (RedisError, OSError) as error:
-            raise BrokerUnavailable(f"Redis refused the message: {error}") from None
-        finally:
-            if echo in waiting:
-                waiting.remove(echo)
-            if not waiting:
-                self._echoes.pop(room, None)
+            results = [BrokerUnavailable(f"Redis refused the message: {error}")] * len(batch)
+        for (_, _, sent), result in zip(batch, results, strict=True):
+            if sent.done():
+                continue
+            if isinstance(result, BaseException):
+                if not isinstance(result, BrokerUnavailable):
+                    result = BrokerUnavailable(f"Redis refused the message: {result}")
+                sent.set_exception(result)
+            else:
+                sent.set_result(None if self.history_size is None else str(result))
+
+    def _queue_publish(self, pipeline: Pipeline, room: str, frame: str) -> None:
+        channel = self._prefix + room
+        if self.history_size is None:
+            pipeline.publish(channel, frame)
+        else:
+            # EVAL, not EVALSHA: Redis caches the script by its hash either way, and a pipeline
+            # of EVALSHA would first ask whether the script is loaded, a second round trip.
+            pipeline.eval(
+                STAMP_AND_PUBLISH,
+                1,
+                history_key(self.settings, room),
+                channel,
+                frame,
+                self.history_size,
+                HISTORY_FIELD,
+            )
 
     async def listening(self, room: str) -> None:
         if room in self._confirmed:
@@ -175,11 +241,14 @@ class RedisBroker(Broker):
         self._changed.set()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        for task in (self._sender, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sender = self._listener = None
+        _fail(list(self._outgoing), BrokerUnavailable("the service is shutting down"))
+        self._outgoing.clear()
         await self._redis.aclose()
 
     async def _listen(self) -> None:
@@ -211,16 +280,6 @@ class RedisBroker(Broker):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
-
-    @staticmethod
-    def _heard(waiting: list[tuple[str, asyncio.Future[None]]], frame: str) -> None:
-        """Release the publish waiting for this frame's echo, the oldest if several are."""
-        for index, (published, done) in enumerate(waiting):
-            if published == frame:
-                del waiting[index]
-                if not done.done():
-                    done.set_result(None)
-                return
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter: between half the delay and all of it."""
@@ -286,11 +345,15 @@ class RedisBroker(Broker):
                 # JSON would be split by clients. Newlines outside strings are only whitespace.
                 frame = message["data"].replace("\n", "")
                 self.hub.deliver(room, frame)
-                if waiting := self._echoes.get(room):
-                    self._heard(waiting, frame)
             elif kind == "subscribe":
                 self._confirmed.add(room)
                 if (event := self._confirmation.pop(room, None)) is not None:
                     event.set()
             elif kind == "unsubscribe":
                 self._confirmed.discard(room)
+
+
+def _fail(batch: list[tuple[str, str, Sent]], error: BrokerUnavailable) -> None:
+    for _, _, sent in batch:
+        if not sent.done():
+            sent.set_exception(error)

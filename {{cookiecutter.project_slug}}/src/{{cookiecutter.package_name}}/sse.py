@@ -1,7 +1,7 @@
 """Server-Sent Events: a stream of one or more rooms over plain HTTP, resumable by event id.
 
 `GET /sse?room=a&room=b` streams the rooms' messages as `text/event-stream`. Each message was
-given an event id once, when it was published (`History.append`), so WebSocket and SSE
+given an event id once, when it was published (by the broker), so WebSocket and SSE
 subscribers in every process see the same id. The SSE `id:` of an event is the stream's cursor:
 the last event id of every room of the stream (`a=17&b=9`), which the browser sends back as
 `Last-Event-ID` when it reconnects. The stream then first replays, from each room's bounded
@@ -44,8 +44,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify
-from .protocol import DEFAULT_ROOM, ProtocolError, encode
-from .publishing import Publisher, with_id
+from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
+from .publishing import Publisher
 
 if TYPE_CHECKING:
     from .settings import HubSettings
@@ -87,18 +87,15 @@ class SseSettings(BaseSettings):
 
 
 class History(abc.ABC):
-    """Each room's recent messages, and the one place event ids are assigned.
+    """Each room's recent messages, each under the event id it got once, as it was published.
 
-    `append` is called once per message, before it is published, so the id travels inside the
-    frame to every subscriber. Ids are strings, increasing within a room.
+    The broker records every message as it publishes it (LocalBroker's stamp is
+    `LocalHistory.append`; with Redis, Redis records it), so the id travels inside the frame to
+    every subscriber. Ids are strings, increasing within a room.
     """
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Begin background work, if any."""
-
-    @abc.abstractmethod
-    async def append(self, room: str, frame: str) -> str:
-        """Record `frame` (without its id) as the room's newest event; return its id."""
 
     @abc.abstractmethod
     async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
@@ -126,7 +123,8 @@ class LocalHistory(History):
         # Ids of an earlier life of this process (or another process) never match.
         self._epoch = str(time.time_ns() // 1000)
 
-    async def append(self, room: str, frame: str) -> str:
+    def append(self, room: str, frame: str) -> str:
+        """Record `frame` (without its id) as the room's newest event; return its id."""
         number = self._last.get(room, 0) + 1
         self._last[room] = number
         events = self._events.get(room)
@@ -230,8 +228,8 @@ class EventStream(Response):
         self._send: Send | None = None
         self._connection: Connection | None = None
         # Ids replayed from the history that may also arrive live: each is dropped once. Not
-        # "every id up to the cursor": publishes from different connections may arrive in an
-        # order other than their ids' (their append and publish interleave), and none is lost.
+        # "every id up to the cursor", which would hold only while ids are given in delivery
+        # order: true of both histories here, but not a promise a History makes.
         self._replayed: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

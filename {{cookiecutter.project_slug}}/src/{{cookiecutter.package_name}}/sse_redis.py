@@ -1,9 +1,10 @@
 """SSE history in Redis: one capped Redis Stream per room, shared by every process.
 
-`XADD` gives each message its id (`milliseconds-sequence`, increasing within the stream) and
-trims the stream to about `SSE_HISTORY_SIZE` entries; `XRANGE` with an exclusive start reads
-what a client missed. Every process reads and writes the same streams, so a client may resume
-on any of them, and ids survive a restart of the service (not of a Redis without persistence).
+The broker writes it: each message is appended (`XADD`) as it is published, which gives it its
+id (`milliseconds-sequence`, increasing within the stream) and trims the stream to about
+`SSE_HISTORY_SIZE` entries (redis_broker.py). Here `XRANGE` with an exclusive start reads what
+a client missed. Every process reads and writes the same streams, so a client may resume on
+any of them, and ids survive a restart of the service (not of a Redis without persistence).
 """
 
 from __future__ import annotations
@@ -16,21 +17,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from .broker import BrokerUnavailable
-from .redis_broker import RedisSettings
+from .redis_broker import HISTORY_FIELD, RedisSettings, history_key
 from .sse import History
 
 __all__ = ["RedisHistory"]
-
-# The field of a stream entry that holds the frame.
-FRAME = "frame"
 
 
 class RedisHistory(History):
     """Each room's recent events in a Redis Stream named the room's channel + `:history`."""
 
-    def __init__(self, settings: RedisSettings, size: int) -> None:
+    def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self.size = size
         self._redis = Redis.from_url(
             settings.url,
             decode_responses=True,
@@ -40,18 +37,7 @@ class RedisHistory(History):
         )
 
     def key(self, room: str) -> str:
-        return f"{self.settings.channel_prefix}{room}:history"
-
-    async def append(self, room: str, frame: str) -> str:
-        try:
-            # Trimming is approximate (~), which Redis does cheaply in whole nodes; `since`
-            # checks the real oldest id, so a client never gets a gap it is not told about.
-            event_id = await self._redis.xadd(
-                self.key(room), {FRAME: frame}, maxlen=self.size, approximate=True
-            )
-        except (RedisError, OSError) as error:
-            raise BrokerUnavailable(f"Redis refused the message: {error}") from None
-        return str(event_id)
+        return history_key(self.settings, room)
 
     async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
         key = self.key(room)
@@ -69,7 +55,7 @@ class RedisHistory(History):
             return None  # not a stream id at all
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(f"Redis did not answer: {error}") from None
-        return [(entry_id, fields[FRAME]) for entry_id, fields in entries]
+        return [(entry_id, fields[HISTORY_FIELD]) for entry_id, fields in entries]
 
     async def close(self) -> None:
         await self._redis.aclose()
