@@ -225,6 +225,7 @@ async def test_no_token_reaches_the_server_log(start_server: StartServer) -> Non
     log = server.output()
     assert '"WebSocket /ws?[redacted]" [accepted]' in log
     assert '"WebSocket /ws?[redacted]" 401' in log
+    assert "without completing handshake" not in log, "a refusal is not a server error"
     assert "/healthz?[redacted]" in log
     for secret_part in (good, bad, good.split(".")[2], bad.split(".")[2]):
         assert secret_part not in log

@@ -8,7 +8,12 @@ import logging.config
 
 from uvicorn.config import LOGGING_CONFIG
 
-from {{ cookiecutter.package_name }}.log_redaction import QueryStringRedactor, log_config, redact_query
+from {{ cookiecutter.package_name }}.log_redaction import (
+    QueryStringRedactor,
+    RefusedHandshakeNoise,
+    log_config,
+    redact_query,
+)
 
 
 def test_redact_query_keeps_the_path_and_hides_the_query() -> None:
@@ -31,11 +36,18 @@ def test_the_filter_redacts_access_and_websocket_records() -> None:
     assert access.args == ("1.2.3.4:5", "GET", "/sse?[redacted]", "1.1", 200)
 
 
-def test_uvicorns_logging_config_gets_the_filter_on_every_handler() -> None:
+def test_only_the_refused_handshake_false_alarm_is_dropped() -> None:
+    noise = RefusedHandshakeNoise()
+    assert not noise.filter(record("ASGI callable returned without completing handshake."))
+    assert noise.filter(record("Exception in ASGI application\n"))
+
+
+def test_uvicorns_logging_config_gets_the_filters_on_every_handler() -> None:
     config = log_config(LOGGING_CONFIG)
     assert config["handlers"], "uvicorn's config names its handlers"
     for handler in config["handlers"].values():
         assert "redact_query_strings" in handler["filters"]
+        assert "refused_handshake_noise" in handler["filters"]
     assert "filters" not in LOGGING_CONFIG["handlers"]["default"], "the original is unchanged"
 
     logging.config.dictConfig(config)
