@@ -20,7 +20,7 @@ from .broker import Broker
 from .broker import Broker, LocalBroker
 {%- endif %}
 from .demo import mount_demo
-from .endpoint import Endpoint, Identify, OnOpen, anonymous
+from .endpoint import Endpoint, Identify, OnOpen, RealtimeApp, anonymous
 from .health import Readiness, health_router
 {%- if cookiecutter.use_heartbeats %}
 from .heartbeat import Heartbeat
@@ -138,7 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await history.close()
 {%- endif %}
 
-    app = FastAPI(title="{{ cookiecutter.project_name }}", version=__version__, lifespan=lifespan)
+    app = RealtimeApp(
+        title="{{ cookiecutter.project_name }}",
+        version=__version__,
+        lifespan=lifespan,
+    )
     app.state.settings = settings
     app.state.hub = hub
     app.state.broker = broker

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from starlette import status
 
@@ -47,7 +47,8 @@ class Connection:
 
     The writer task (`write_loop`) is the only code that sends on the socket, so frames leave
     in the order they were offered. `close()` may be called from anywhere (the hub, the reader,
-    a timer); it is synchronous and never waits for the client.
+    a timer); it is synchronous and never waits for the client: it stops the writer, even
+    mid-send, and interrupts the task reading from the client (`read_in`).
     """
 
     __slots__ = (
@@ -55,8 +56,10 @@ class Connection:
         "_outbox",
         "_outbox_limit",
         "_policy",
+        "_reader",
+        "_reader_interrupted",
         "_send_frames",
-        "_wakeup",
+        "_waiting",
         "_writer",
         "close_code",
         "close_reason",
@@ -84,12 +87,18 @@ class Connection:
         self.close_reason = ""
         self.last_seen = asyncio.get_running_loop().time()
         self._send_frames = send_frames
-        self._outbox: deque[str] = deque()
+        # A list, not a deque: an empty deque holds a 64-slot block (760 bytes) per connection,
+        # and the writer takes whole batches, which a list gives as cheaply.
+        self._outbox: list[str] = []
         self._outbox_limit = outbox_limit
         self._policy = policy
         self._batch_bytes = batch_bytes
-        self._wakeup = asyncio.Event()
+        # Set only while the writer waits for frames, not an Event per connection: idle
+        # connections are the many, and memory per connection is what bounds a process.
+        self._waiting: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._reader_interrupted = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
@@ -103,7 +112,8 @@ class Connection:
                 self.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
             return False
         self._outbox.append(frame)
-        self._wakeup.set()
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
         return True
 
     def close(self, code: int, reason: str = "") -> None:
@@ -120,6 +130,25 @@ class Connection:
         self._outbox.clear()
         if self._writer is not None:
             self._writer.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            self._reader_interrupted = True
+            reader.cancel()
+
+    def read_in(self, task: asyncio.Task[Any] | None) -> None:
+        """Name the task that reads from the client, for `close()` to interrupt; None when it
+        stops reading. The endpoint reads in its own task: a task less per connection."""
+        self._reader = task
+
+    def interrupted(self) -> bool:
+        """Whether the reading task's cancellation came from `close()` alone, and if so undo
+        it (`Task.uncancel`), so that the task goes on to clean up and send the close frame;
+        any other cancellation (the server shutting down) still stands."""
+        if not self._reader_interrupted:
+            return False
+        self._reader_interrupted = False
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     def start_writer(self) -> asyncio.Task[None]:
         if self._writer is not None:
@@ -133,24 +162,31 @@ class Connection:
         return len(self._outbox)
 
     async def _write_loop(self) -> None:
-        outbox = self._outbox
         while self.state is ConnectionState.OPEN:
-            if not outbox:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            while outbox:
+            if not self._outbox:
+                self._waiting = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiting
+                finally:
+                    self._waiting = None
+            while self._outbox:
                 await self._send_frames(self._take_batch())
 
     def _take_batch(self) -> list[str]:
         """The oldest frames that fit in `batch_bytes` joined by newlines; at least one."""
         outbox = self._outbox
-        batch = [outbox.popleft()]
-        size = len(batch[0])
         # Characters, not bytes: a cheap bound, exact for ASCII and never far off.
-        while outbox and size + 1 + len(outbox[0]) <= self._batch_bytes:
-            frame = outbox.popleft()
-            size += 1 + len(frame)
-            batch.append(frame)
+        size = count = 0
+        for frame in outbox:
+            size += len(frame) + (1 if count else 0)
+            if count and size > self._batch_bytes:
+                break
+            count += 1
+        if count == len(outbox):
+            batch, self._outbox = outbox, []
+        else:
+            batch = outbox[:count]
+            del outbox[:count]
         return batch
 
 
