@@ -10,6 +10,7 @@ from typing import Any
 __all__ = ["METRICS", "plot", "summarize", "table"]
 
 SERVICE, BASELINES = "service", ("textbook", "raw")
+REDIS = "service-redis"
 
 # (workload, metric, label, lower is better)
 METRICS: list[tuple[str, str, str, bool]] = [
@@ -180,6 +181,7 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
             f"{_fmt(l99)} -> {_fmt(s99)} ms ({change:+.0f}%)",
         )
     )
+    checks += redis_targets(rows)
     closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
@@ -191,6 +193,37 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
         )
     )
     return checks
+
+
+def redis_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """Redis against the in-memory broker of the same run: R1000x1 / F1000, RL - L, and
+    R*x2 (two processes) delivering every message once."""
+    in_memory = _values(rows, SERVICE, "F1000", "deliveries_per_s")
+    through_redis = _values(rows, REDIS, "R1000x1", "deliveries_per_s")
+    ratios = [through_redis[run] / in_memory[run] for run in through_redis if in_memory.get(run)]
+    ratio = statistics.median(ratios) if ratios else float("nan")
+    l99, r99 = _values(rows, SERVICE, "L", "p99_ms"), _values(rows, REDIS, "RL", "p99_ms")
+    extra = [r99[run] - l99[run] for run in r99 if run in l99]
+    more = statistics.median(extra) if extra else float("nan")
+    pairs = [r for r in rows if r["target"] == REDIS and r["workload"].endswith("x2")]
+    once = all(r["deliveries"] == r["expected"] for r in pairs)
+    return [
+        (
+            "Redis, one process: deliveries/s >= 0.8x in-memory (R1000x1 / F1000)",
+            _ok(ratio >= 0.8, ratio),
+            f"{_fmt(ratio)}x",
+        ),
+        (
+            "Redis, one process: p99 at most 2 ms above in-memory (RL - L)",
+            _ok(more <= 2, more),
+            f"{_fmt(more)} ms",
+        ),
+        (
+            "Redis, two processes: every message delivered once (R*x2)",
+            once if pairs else None,
+            ", ".join(f"{r['deliveries']:,}/{r['expected']:,}" for r in pairs),
+        ),
+    ]
 
 
 def _ok(condition: bool, value: float) -> bool | None:
@@ -244,6 +277,10 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 lines.append(
                     f"- {workload}: {_cell(dps)} deliveries/s, {_cell(cpu)} µs CPU/delivery"
                 )
+            elif "p99_ms" in sel[0]:
+                p50 = [r["p50_ms"] for r in sel]
+                p99 = [r["p99_ms"] for r in sel]
+                lines.append(f"- {workload} (L through Redis): p50 {_cell(p50)} ms, p99 {_cell(p99)} ms")
             else:
                 lines.append(f"- {workload}: {sel[0].get('note')}")
         lines.append("")

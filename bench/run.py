@@ -12,8 +12,8 @@ F  fanout: N subscribers in one room (N = 100 and 1,000), one publisher as fast 
 L  latency: 1,000 subscribers x 10 messages/s: p50 and p99 publish-to-receive.
 S  isolation: L with some clients that stop reading: the others' p99, the stalled ones' fate.
 I  idle: server memory per open connection at 2,000 and 10,000 connections.
-R  Redis: F through the Redis broker, and two server processes sharing a room (only when the
-   template has `use_redis`).
+R  Redis: F through the Redis broker, and two server processes sharing a room; RL: L through
+   Redis on one server (only when the template has `use_redis`).
 
 The service gets a signing secret made for this invocation (AUTH_SECRET) and its clients a token
 the project's own `token` command signs with it, in `/ws?token=...`; the baselines take no token.
@@ -768,7 +768,8 @@ def wait_for_redis(port: int, attempts: int = 100) -> None:
 
 
 def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any) -> None:
-    """R: F through the Redis broker, one server and two servers sharing the room."""
+    """R: F through the Redis broker, one server and two servers sharing the room; RL: L on one
+    server through Redis."""
     port = free_port()
     redis = start_redis(target.argv[0], port, logs / f"valkey-{run}")
     try:
@@ -782,6 +783,13 @@ def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any)
                 finally:
                     for server in servers:
                         server.stop()
+        # L through Redis, one process: what the round trip adds to the in-memory p99.
+        server = Server(target, logs, "latency", env)
+        try:
+            latency_run = latency(server, config, stalled=0, seconds=config.latency_seconds)
+            record(run, target.name, "RL", latency_run)
+        finally:
+            server.stop()
     finally:
         stop_redis(redis)
 

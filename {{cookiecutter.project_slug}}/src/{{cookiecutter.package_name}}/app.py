@@ -21,6 +21,7 @@ from .broker import Broker, LocalBroker
 {%- endif %}
 from .demo import mount_demo
 from .endpoint import Endpoint, Identify, OnOpen, RealtimeApp, anonymous
+from .gc_pacing import GcPacer
 from .health import Readiness, health_router
 {%- if cookiecutter.use_heartbeats %}
 from .heartbeat import Heartbeat
@@ -113,8 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sse.identify = http_user(identify)
 {%- endif %}
 
+    gc_pacer = GcPacer(settings.server.gc_full_collect_seconds)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gc_pacer.start()
         await broker.start()
 {%- if cookiecutter.use_heartbeats %}
         heartbeat.start()
@@ -123,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sse.watch_exit_signals()
 {%- endif %}
         yield
+        await gc_pacer.stop()
 {%- if cookiecutter.use_sse %}
         sse.unwatch_exit_signals()
         sse.close_all()

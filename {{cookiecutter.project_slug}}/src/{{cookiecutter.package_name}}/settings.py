@@ -46,6 +46,9 @@ class ServerSettings(BaseSettings):
     # Off by default: each subscriber gets its own compressor, so a broadcast would be
     # compressed once per client, roughly doubling CPU and memory per connection.
     per_message_deflate: bool = False
+    # Seconds between full garbage collections (gc_pacing.py); 0 leaves CPython's own
+    # schedule, under which a collection can stall every connection at any moment.
+    gc_full_collect_seconds: float = Field(default=60.0, ge=0)
 
 
 class HubSettings(BaseSettings):
