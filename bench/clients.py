@@ -206,14 +206,15 @@ class Client(asyncio.Protocol):
         if not self.welcomed.done():
             self.welcomed.set_result(True)
             return
-        messages = payload.split(b"\n")
-        self.count += len(messages)
-        self.last_ns = now
-        if self.latencies is not None:
-            for message in messages:
-                match = _TIMESTAMP.search(message)
-                if match is not None:
-                    self.latencies.append(now - int(match.group(1)))
+        # Published messages only (they carry a timestamp), not the service's heartbeat pings.
+        for message in payload.split(b"\n"):
+            match = _TIMESTAMP.search(message)
+            if match is None:
+                continue
+            self.count += 1
+            self.last_ns = now
+            if self.latencies is not None:
+                self.latencies.append(now - int(match.group(1)))
 
     def send_text(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -76,6 +76,11 @@ class Endpoint:
         self.hub.join(connection, DEFAULT_ROOM)
 
     async def __call__(self, websocket: WebSocket) -> None:
+        await self.serve(websocket, websocket.send)
+
+    async def serve(self, websocket: WebSocket, send: Send) -> None:
+        """Serve one connection; `send` carries its frames: the server's own ASGI send when
+        the caller has it (RealtimeApp), which skips Starlette's per-message state checks."""
         try:
             identity = await self.identify(websocket)
         except HandshakeRefused as refusal:
@@ -86,7 +91,7 @@ class Endpoint:
             return
         await websocket.accept()
         connection = Connection(
-            _send_frames_on(websocket),
+            _send_frames_on(send),
             user=identity.user,
             outbox_limit=self.settings.outbox_limit,
             policy=self.settings.slow_consumer_policy,
@@ -190,15 +195,15 @@ class RealtimeApp(FastAPI):
                     and isinstance(route.endpoint, Endpoint)
                 ):
                     scope["app"] = self
-                    await route.endpoint(WebSocket(scope, receive, send))
+                    await route.endpoint.serve(WebSocket(scope, receive, send), send)
                     return
         await super().__call__(scope, receive, send)
 
 
-def _send_frames_on(websocket: WebSocket) -> SendFrames:
+def _send_frames_on(send: Send) -> SendFrames:
     async def send_frames(frames: list[str]) -> None:
         # One WebSocket frame per batch, one message per line: JSON never holds a raw newline.
-        await websocket.send({"type": "websocket.send", "text": "\n".join(frames)})
+        await send({"type": "websocket.send", "text": "\n".join(frames)})
 
     return send_frames
 
