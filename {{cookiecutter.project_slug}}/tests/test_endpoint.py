@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from starlette import status
 from starlette.requests import HTTPConnection
 from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -41,6 +42,27 @@ def test_welcome_names_the_connection_and_its_rooms(client: TestClient) -> None:
         assert frame["connection"].startswith("c")
         assert frame["user"] == "anonymous"
         assert frame["rooms"] == ["lobby"]
+
+
+def test_websockets_go_straight_to_the_endpoint_past_the_http_middleware() -> None:
+    seen: list[str] = []
+
+    class RecordScopes:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(scope["type"])
+            await self.app(scope, receive, send)
+
+    app = create_app(Settings())
+    app.add_middleware(RecordScopes)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        with client.websocket_connect("/ws") as ws:
+            welcomed(ws)
+    assert "http" in seen
+    assert "websocket" not in seen, "/ws skips the middleware (README: Run)"
 
 
 def test_a_publish_reaches_every_client_and_the_sender(client: TestClient) -> None:
