@@ -38,9 +38,10 @@ demo: $(INSTALLED)
 clean:
 	rm -rf $(BUILD) $(VENV)
 
-# The benchmark (bench/run.py): renders the default project, serves it and the two baselines in
-# their own processes and drives them from client processes on loopback. Several minutes; writes
-# build/bench/results.{json,md,png}. BENCH_ARGS="--runs 3" or "--quick" to shorten it.
+# The benchmark (bench/run.py): renders the project with every feature on (auth=query_token, and
+# a Redis variant), serves it and the two baselines in their own processes and drives them from
+# client processes on loopback. Several minutes; writes build/bench/results.{json,md,png}.
+# BENCH_ARGS="--runs 3" or "--quick" to shorten it.
 BENCH_ARGS ?=
 
 .PHONY: bench
