@@ -145,9 +145,12 @@ class Client(asyncio.Protocol):
             if opcode < 3:  # continuation, text, binary
                 if self.decode or not self.welcomed.done():
                     self._payload(b0, bytes(buffer[start:stop]), now)
+                elif b0 & 0x80 and b0 & 0x40:
+                    received += 1  # compressed (the textbook's deflate): one message
                 elif b0 & 0x80:
-                    # A frame may carry several newline-separated messages (the service batches).
-                    received += 1 + buffer.count(b"\n", start, stop)
+                    # A frame may carry several messages, one per line (the service batches);
+                    # published ones carry a timestamp, the service's heartbeat pings none.
+                    received += buffer.count(b'"t":', start, stop)
             elif opcode == 8:
                 code = int.from_bytes(buffer[start : start + 2], "big") if length >= 2 else 1005
                 self.close_code = code

@@ -5,7 +5,7 @@ protocol state), so with thousands open a full (generation 2) collection walks h
 thousands of objects and stops the event loop for 100 ms or more: every message being fanned
 out waits for it. CPython starts one whenever the objects promoted to the old generation since
 the last one exceed a quarter of it, at moments unrelated to traffic; measured, one such pause
-in a 10 s run set the p99 latency of 1,000 subscribers (README, "Benchmarks").
+in a 10 s run set the p99 latency of 1,000 subscribers (the template's benchmarks).
 
 `GcPacer` moves every survivor into the permanent generation each second (`gc.freeze()`,
 constant time), so automatic collections only ever examine recent objects, and runs the full

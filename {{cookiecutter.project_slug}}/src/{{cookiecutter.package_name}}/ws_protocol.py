@@ -5,7 +5,7 @@ request too, for as long as the socket is open, though neither is read again onc
 is answered (uvicorn 0.54); and its flow-control flag is an `asyncio.Event`, whose waiter deque
 (760 bytes empty) exists on every connection. Letting go of the handshake and a lighter flag
 save about 4 KB per idle connection, a fifth of what a process holds per client (measured at
-10,000: README, "Benchmarks").
+10,000 by the template's benchmarks).
 """
 
 from __future__ import annotations
