@@ -499,6 +499,12 @@ def service_target(
     return target
 
 
+def textbook_target(name: str, python: Path, *options: str) -> Target:
+    """bench/servers/textbook.py under uvicorn, with its defaults unless `options` say otherwise."""
+    argv = [str(python), "-m", "uvicorn", "textbook:app", "--host", "{host}", "--port", "{port}"]
+    return Target(name, [*argv, "--log-level", "warning", *options], BENCH / "servers")
+
+
 def versions(python: Path) -> dict[str, str]:
     code = (
         "import importlib.metadata as m, json, platform;"
@@ -579,46 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     targets = [
         service_target("service", python, package_dir, config, secret),
         # uvicorn defaults: auto ws implementation, per-message deflate negotiated when offered.
-        Target(
-            "textbook",
-            [
-                str(python),
-                "-m",
-                "uvicorn",
-                "textbook:app",
-                "--host",
-                "{host}",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-            ],
-            BENCH / "servers",
-        ),
+        textbook_target("textbook", python),
         Target(
             "raw",
             [str(python), "raw_websockets.py", "--host", "{host}", "--port", "{port}"],
             BENCH / "servers",
         ),
         # Not run by default: the textbook manager with uvicorn's deflate off, the framework floor.
-        Target(
-            "textbook-nodeflate",
-            [
-                str(python),
-                "-m",
-                "uvicorn",
-                "textbook:app",
-                "--host",
-                "{host}",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--ws-per-message-deflate",
-                "false",
-            ],
-            BENCH / "servers",
-        ),
+        textbook_target("textbook-nodeflate", python, "--ws-per-message-deflate", "false"),
     ]
     targets = [t for t in targets if t.name in args.targets.split(",")]
     redis: dict[str, Any] = {"available": redis_question()}

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from .broker import Broker, BrokerUnavailable, Sent
 from .hub import Hub
 
-__all__ = ["HISTORY_FIELD", "RedisBroker", "RedisSettings", "history_key"]
+__all__ = ["HISTORY_FIELD", "RedisBroker", "RedisSettings", "history_key", "redis_client"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,19 @@ def history_key(settings: RedisSettings, room: str) -> str:
     return f"{settings.channel_prefix}{room}:history"
 
 
+def redis_client(settings: RedisSettings) -> Redis:
+    """A client for `settings.url`. No retries inside redis-py: a failed command is reported at
+    once, and the listener owns reconnecting, so that it can resubscribe and report readiness."""
+    return Redis.from_url(
+        settings.url,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=settings.publish_timeout_seconds,
+        socket_timeout=settings.publish_timeout_seconds,
+        socket_keepalive=True,
+    )
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for logs."""
     parts = urlsplit(url)
@@ -116,16 +129,7 @@ class RedisBroker(Broker):
         # With a size, every message is recorded in its room's stream as it is published.
         self.history_size = history_size
         self._prefix = settings.channel_prefix
-        # No retries inside redis-py: a failed publish is reported at once, and the listener
-        # owns reconnecting, so that it can resubscribe and report readiness itself.
-        self._redis = Redis.from_url(
-            settings.url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=settings.publish_timeout_seconds,
-            socket_timeout=settings.publish_timeout_seconds,
-            socket_keepalive=True,
-        )
+        self._redis = redis_client(settings)
         # Rooms with members here, and the subscriptions Redis has confirmed on the current
         # listener connection.
         self._wanted: set[str] = set()

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from typing import cast
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from .broker import BrokerUnavailable
-from .redis_broker import HISTORY_FIELD, RedisSettings, history_key
+from .redis_broker import HISTORY_FIELD, RedisSettings, history_key, redis_client
 from .sse import History
 
 __all__ = ["RedisHistory"]
@@ -28,13 +25,7 @@ class RedisHistory(History):
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self._redis = Redis.from_url(
-            settings.url,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=settings.publish_timeout_seconds,
-            socket_timeout=settings.publish_timeout_seconds,
-        )
+        self._redis = redis_client(settings)
 
     def key(self, room: str) -> str:
         return history_key(self.settings, room)
