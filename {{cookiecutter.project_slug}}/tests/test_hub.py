@@ -7,7 +7,13 @@ import asyncio
 import pytest
 from starlette import status
 
-from {{ cookiecutter.package_name }}.hub import Connection, ConnectionState, Hub, SlowConsumerPolicy
+from {{ cookiecutter.package_name }}.hub import (
+    QUIET_SECONDS,
+    Connection,
+    ConnectionState,
+    Hub,
+    SlowConsumerPolicy,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +35,23 @@ class Recorder:
         return [frame for batch in self.batches for frame in batch]
 
 
+class Socket(Recorder):
+    """A socket that can also be written without waiting while `writable`, as the server's is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written_now: list[list[str]] = []
+        self.writable = True
+        self.broken = False
+
+    def write_now(self, frames: list[str]) -> bool:
+        if self.broken:
+            raise OSError("the transport is gone")
+        if self.writable:
+            self.written_now.append(frames)
+        return self.writable
+
+
 def connect(
     hub: Hub,
     recorder: Recorder,
@@ -43,6 +66,7 @@ def connect(
         outbox_limit=limit,
         policy=policy,
         batch_bytes=batch_bytes,
+        write_now=recorder.write_now if isinstance(recorder, Socket) else None,
     )
     hub.add(connection)
     hub.join(connection, "r")
@@ -159,3 +183,77 @@ async def test_the_hub_says_when_a_room_gets_its_first_member_and_loses_its_last
     hub.remove(second)
     hub.remove(first)
     assert events == ["+r", "+other", "-r", "-other"]
+
+
+async def test_after_a_quiet_spell_a_broadcast_is_written_at_once_then_batched_per_step() -> None:
+    hub = Hub()
+    sockets = [Socket() for _ in range(3)]
+    for socket in sockets:
+        connect(hub, socket, batch_bytes=1024)
+    await settle()  # the writers start and wait
+    await asyncio.sleep(QUIET_SECONDS * 2)
+    assert hub.deliver("r", "m0") == 3
+    assert all(socket.written_now == [["m0"]] for socket in sockets), "written during deliver"
+    hub.deliver("r", "m1")  # the hub is busy now: these wait for the end of the step
+    hub.deliver("r", "m2")
+    assert all(socket.written_now == [["m0"]] for socket in sockets)
+    await asyncio.sleep(0)
+    for socket in sockets:
+        assert socket.written_now == [["m0"], ["m1", "m2"]], "one batch, in order"
+        assert socket.batches == [], "the writer task was not involved"
+    await asyncio.sleep(QUIET_SECONDS * 2)
+    hub.deliver("r", "m3")
+    assert all(socket.written_now[-1] == ["m3"] for socket in sockets), "quiet again"
+    hub.close_all(status.WS_1001_GOING_AWAY)
+
+
+async def test_what_cannot_be_written_at_once_goes_to_the_writer_in_order() -> None:
+    hub = Hub()
+    socket = Socket()
+    connection = connect(hub, socket, limit=4)
+    await settle()
+    await asyncio.sleep(QUIET_SECONDS * 2)
+    hub.deliver("r", "m0")
+    socket.writable = False  # the client's buffer is full
+    hub.deliver("r", "m1")
+    hub.deliver("r", "m2")
+    await settle()
+    socket.writable = True
+    hub.deliver("r", "m3")
+    await settle()
+    assert socket.written_now == [["m0"], ["m3"]]
+    assert socket.batches == [["m1"], ["m2"]], "sent by the writer, which waits for the client"
+    assert connection.state is ConnectionState.OPEN
+    hub.close_all(status.WS_1001_GOING_AWAY)
+
+
+async def test_a_client_that_cannot_be_written_to_is_still_closed_when_its_outbox_overflows() -> (
+    None
+):
+    hub = Hub()
+    socket = Socket()
+    socket.stalled = True  # the writer's send never returns, as with a client that stopped
+    socket.writable = False
+    connection = connect(hub, socket, limit=2)
+    await settle()
+    for n in range(4):
+        await asyncio.sleep(QUIET_SECONDS * 2)  # each one tries to write at once
+        hub.deliver("r", f"m{n}")
+        await settle()
+    assert connection.state is ConnectionState.CLOSING
+    assert connection.close_code == status.WS_1013_TRY_AGAIN_LATER
+    assert socket.written_now == []
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+async def test_a_write_that_fails_closes_the_connection_with_1011(at_once: bool) -> None:
+    hub = Hub()
+    socket = Socket()
+    connection = connect(hub, socket)
+    await settle()
+    socket.broken = True
+    assert connection.offer("m0", at_once=at_once) is not at_once
+    await settle()
+    assert connection.state is ConnectionState.CLOSING
+    assert connection.close_code == status.WS_1011_INTERNAL_ERROR
+    assert connection.pending == 0

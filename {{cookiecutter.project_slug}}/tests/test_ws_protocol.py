@@ -1,12 +1,18 @@
-"""The lighter uvicorn protocol: its flow-control flag behaves as the Event it replaces."""
+"""The template's uvicorn protocol: its flow-control flag behaves as the Event it replaces, and
+its send without a coroutine sends exactly when uvicorn's own `send` would not wait or refuse."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
 
-from {{ cookiecutter.package_name }}.ws_protocol import WritableFlag
+from {{ cookiecutter.package_name }}.ws_protocol import WebSocketProtocol, WritableFlag
+
+from .conftest import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -23,3 +29,48 @@ async def test_the_writable_flag_holds_senders_only_while_paused() -> None:
     flag.set()  # drained
     await asyncio.wait_for(asyncio.gather(*senders), 1)
     assert flag.is_set()
+
+
+async def receive_all(ws: ClientConnection) -> list[str]:
+    return [str(message) async for message in ws]
+
+
+async def test_send_text_now_sends_only_when_send_would_go_through_at_once() -> None:
+    answers: dict[str, bool] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        protocol: WebSocketProtocol = send.__self__
+        assert (await receive())["type"] == "websocket.connect"
+        answers["before accept"] = protocol.send_text_now("too early")
+        await send({"type": "websocket.accept"})
+        answers["open"] = protocol.send_text_now("first")
+        protocol.pause_writing()  # what the transport calls when the client's buffer is full
+        answers["paused"] = protocol.send_text_now("held")
+        protocol.resume_writing()
+        answers["resumed"] = protocol.send_text_now("second")
+        await send({"type": "websocket.close", "code": 1000})
+        answers["after close"] = protocol.send_text_now("too late")
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=WebSocketProtocol, lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            # Iteration ends at the server's normal close.
+            received = await asyncio.wait_for(receive_all(ws), 5)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+    assert answers == {
+        "before accept": False,
+        "open": True,
+        "paused": False,
+        "resumed": True,
+        "after close": False,
+    }
+    assert received == ["first", "second"]

@@ -29,11 +29,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
-from .hub import Connection, ConnectionState, Hub, SendFrames
+from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
 from .identity import SESSION_EXPIRED, HandshakeRefused, Identify, Identity, anonymous
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
 from .settings import HubSettings
+from .ws_protocol import WebSocketProtocol
 
 __all__ = [
     "Endpoint",
@@ -96,6 +97,7 @@ class Endpoint:
             outbox_limit=self.settings.outbox_limit,
             policy=self.settings.slow_consumer_policy,
             batch_bytes=self.settings.batch_bytes,
+            write_now=_write_now_on(send),
         )
         self.hub.add(connection)
         writer = connection.start_writer()
@@ -206,6 +208,21 @@ def _send_frames_on(send: Send) -> SendFrames:
         await send({"type": "websocket.send", "text": "\n".join(frames)})
 
     return send_frames
+
+
+def _write_now_on(send: Send) -> WriteNow | None:
+    """Writes without waiting when `send` is the template's uvicorn protocol's own (`serve` from
+    RealtimeApp under `python -m <package> serve`); None elsewhere (test clients, other servers),
+    where every batch goes through `send`."""
+    protocol = getattr(send, "__self__", None)
+    if not isinstance(protocol, WebSocketProtocol):
+        return None
+    send_text_now = protocol.send_text_now
+
+    def write_now(frames: list[str]) -> bool:
+        return send_text_now("\n".join(frames))  # the framing of `_send_frames_on`
+
+    return write_now
 
 
 def _close_if_failed(connection: Connection, writer: asyncio.Task[None]) -> None:

@@ -5,9 +5,19 @@ once and appends the same string to every member's outbox without awaiting any s
 client that stops reading delays nobody else. A client whose outbox is full is handled by the
 slow-consumer policy: closed with 1013 (try again later) and forgotten, or sent only what fits.
 
-The writer hands over everything queued at once, as one batch (up to `batch_bytes`): under load
-a client gets one write with many messages instead of one write per message, which is most of
-the cost of a broadcast. At low rates a batch holds one frame, so nothing waits to be batched.
+Everything queued for a client leaves at once, as one batch (up to `batch_bytes`): under load a
+client gets one write with many messages instead of one write per message, which is most of the
+cost of a broadcast. At low rates a batch holds one frame, so nothing waits to be batched.
+
+Sockets that can be written without waiting (`write_now`: the template's uvicorn protocol,
+while the client's buffer has room) skip the writer task, whose wake-up per client is most of
+the cost of a broadcast at low rates:
+- the hub writes what was queued in an event-loop step at its end, in one callback for all;
+- a broadcast after a quiet spell (`QUIET_SECONDS` with nothing written) is written at once,
+  a synchronous loop of writes as in `websockets.broadcast()`: at low rates nothing would have
+  been batched, and messages that arrive while it is written are batched again;
+- whenever a write would have to wait, the writer takes over, so a client that stops reading
+  still delays nobody.
 """
 
 from __future__ import annotations
@@ -20,11 +30,27 @@ from typing import Any
 
 from starlette import status
 
-__all__ = ["Connection", "ConnectionState", "Hub", "SendFrames", "SlowConsumerPolicy"]
+__all__ = [
+    "QUIET_SECONDS",
+    "Connection",
+    "ConnectionState",
+    "Hub",
+    "SendFrames",
+    "SlowConsumerPolicy",
+    "WriteNow",
+]
 
 # Sends a batch of frames, oldest first, to the client; the transport decides how to frame it.
 SendFrames = Callable[[list[str]], Awaitable[None]]
+# The same without waiting: True if the batch was written, False (nothing written) if the write
+# would have to wait, because the client's buffer is full or the socket is closing.
+WriteNow = Callable[[list[str]], bool]
 RoomCallback = Callable[[str], None]
+
+# A broadcast is written at once only after this long with nothing delivered or written by the
+# hub. Small, since the hub's own writes, which end each burst, restart the clock: under load
+# there is no such gap, and at a few messages a second there always is.
+QUIET_SECONDS = 0.001
 
 _connection_ids = itertools.count(1)
 
@@ -45,10 +71,12 @@ class ConnectionState(enum.Enum):
 class Connection:
     """One client: who it is, its rooms, and its outbox.
 
-    The writer task (`write_loop`) is the only code that sends on the socket, so frames leave
-    in the order they were offered. `close()` may be called from anywhere (the hub, the reader,
-    a timer); it is synchronous and never waits for the client: it stops the writer, even
-    mid-send, and interrupts the task reading from the client (`read_in`).
+    Frames leave in the order they were offered: they are written without the writer task
+    (`write_loop`) only while it is idle with nothing queued before them, and what cannot be
+    written so goes back to it. `close()`
+    may be called from anywhere (the hub, the reader, a timer); it is synchronous and never waits
+    for the client: it stops the writer, even mid-send, and interrupts the task reading from the
+    client (`read_in`).
     """
 
     __slots__ = (
@@ -60,9 +88,11 @@ class Connection:
         "_reader_interrupted",
         "_send_frames",
         "_waiting",
+        "_write_now",
         "_writer",
         "close_code",
         "close_reason",
+        "hub",
         "id",
         "last_seen",
         "rooms",
@@ -78,6 +108,7 @@ class Connection:
         outbox_limit: int,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
         batch_bytes: int = 0,
+        write_now: WriteNow | None = None,
     ) -> None:
         self.id = f"c{next(_connection_ids)}"
         self.user = user
@@ -93,6 +124,10 @@ class Connection:
         self._outbox_limit = outbox_limit
         self._policy = policy
         self._batch_bytes = batch_bytes
+        self._write_now = write_now
+        # The hub holding the connection (set by `Hub.add`): it writes what is queued for its
+        # connections in one callback. A reference, not a bound method: memory per connection.
+        self.hub: Hub | None = None
         # Set only while the writer waits for frames, not an Event per connection: idle
         # connections are the many, and memory per connection is what bounds a process.
         self._waiting: asyncio.Future[None] | None = None
@@ -103,17 +138,29 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
 
-    def offer(self, frame: str) -> bool:
-        """Queue a frame for this client without waiting; False if it was not queued."""
+    def offer(self, frame: str, *, at_once: bool = False) -> bool:
+        """Queue a frame for this client without waiting; False if it was not queued.
+
+        `at_once`: write it now if the socket takes it without waiting and nothing is queued
+        before it (the hub asks this after a quiet spell)."""
         if self.state is not ConnectionState.OPEN:
             return False
+        if at_once and not self._outbox and self._writer_idle():
+            if self._write([frame]):
+                return True
+            if self.state is not ConnectionState.OPEN:
+                return False  # the write failed
         if len(self._outbox) >= self._outbox_limit:
             if self._policy is SlowConsumerPolicy.CLOSE:
                 self.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
             return False
         self._outbox.append(frame)
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting.set_result(None)
+        if len(self._outbox) == 1 and self._writer_idle():
+            # The first frame since the outbox emptied; later ones join its batch.
+            if self._write_now is not None and self.hub is not None:
+                self.hub.flush_soon(self)
+            else:
+                self._wake_writer()
         return True
 
     def close(self, code: int, reason: str = "") -> None:
@@ -161,6 +208,35 @@ class Connection:
         """Frames queued and not yet handed to the server."""
         return len(self._outbox)
 
+    def _writer_idle(self) -> bool:
+        return self._waiting is not None and not self._waiting.done()
+
+    def _wake_writer(self) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def flush(self) -> None:
+        """Write the outbox if the socket takes it without waiting; else wake the writer, which
+        waits for the client as long as it must (or until the outbox overflows)."""
+        while self._outbox and self.state is ConnectionState.OPEN and self._writer_idle():
+            batch = self._take_batch()
+            if not self._write(batch):
+                if self.state is ConnectionState.OPEN:
+                    self._outbox[:0] = batch  # nothing was written: back in front, in order
+                    self._wake_writer()
+                return
+
+    def _write(self, frames: list[str]) -> bool:
+        """`write_now`, with a failure ending the connection as a failed send in the writer does."""
+        if self._write_now is None:
+            return False
+        try:
+            return self._write_now(frames)
+        except Exception:
+            self.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+            return False
+
     async def _write_loop(self) -> None:
         while self.state is ConnectionState.OPEN:
             if not self._outbox:
@@ -203,6 +279,8 @@ class Hub:
         self._rooms: dict[str, set[Connection]] = {}
         self.on_room_opened: RoomCallback = _ignore
         self.on_room_closed: RoomCallback = _ignore
+        self._unflushed: list[Connection] = []  # to write at the end of this step
+        self._last_busy = 0.0  # when the hub last delivered or wrote, on the loop's clock
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -217,6 +295,7 @@ class Hub:
 
     def add(self, connection: Connection) -> None:
         self._connections.add(connection)
+        connection.hub = self
 
     def remove(self, connection: Connection) -> None:
         """Forget a connection and every membership it had; safe to call twice."""
@@ -255,12 +334,30 @@ class Hub:
         members = self._rooms.get(room)
         if not members:
             return 0
+        loop = asyncio.get_running_loop()
+        at_once = not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS
         # A copy: a slow consumer closed by `offer` must not change the set mid-iteration.
-        return sum(member.offer(frame) for member in tuple(members))
+        taken = 0
+        for member in tuple(members):
+            taken += member.offer(frame, at_once=at_once)
+        self._last_busy = loop.time()
+        return taken
 
     def close_all(self, code: int, reason: str = "") -> None:
         for connection in self:
             connection.close(code, reason)
+
+    def flush_soon(self, connection: Connection) -> None:
+        """Write what is queued for the connection at the end of this event-loop step."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unflushed.append(connection)
+
+    def _flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            connection.flush()
+        self._last_busy = asyncio.get_running_loop().time()
 
 
 def _ignore(room: str) -> None:
