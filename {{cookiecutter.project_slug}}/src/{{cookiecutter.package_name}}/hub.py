@@ -48,9 +48,12 @@ WriteNow = Callable[[list[str]], bool]
 RoomCallback = Callable[[str], None]
 
 # A broadcast is written at once only after this long with nothing delivered or written by the
-# hub. Small, since the hub's own writes, which end each burst, restart the clock: under load
-# there is no such gap, and at a few messages a second there always is.
-QUIET_SECONDS = 0.001
+# hub: longer than the gaps between the bursts of a loaded server (a client's reply, a pipelined
+# Redis round trip), when more messages are on their way and batching them saves writes; far
+# shorter than the gaps at a few messages a second, when a batch would hold one message anyway.
+# The hub's own writes, which end each burst, restart the clock, so sustained load never
+# qualifies, however long its batches take to write.
+QUIET_SECONDS = 0.01
 
 _connection_ids = itertools.count(1)
 
