@@ -151,14 +151,8 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
                 text=True,
             )
         server = Server(process, port, log)
-{%- if cookiecutter.auth == "query_token" %}
-        token = issue_token("tester", 3600, TokenSettings(secret=env["AUTH_SECRET"]))
-        server.ws_path = f"/ws?token={token}"
-        server.http_params = {"token": token}
-{%- elif cookiecutter.auth == "cookie" %}
-        session = SessionSigner(env["AUTH_SECRET"]).sign("tester", time.time() + 3600)
-        server.ws_headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
-        server.http_headers = server.ws_headers
+{%- if cookiecutter.auth != "none" %}
+        sign_in(server, env["AUTH_SECRET"], seconds=3600)
 {%- endif %}
         servers.append(server)
         wait_until_healthy(server)
@@ -169,6 +163,23 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+{%- if cookiecutter.auth != "none" %}
+
+
+def sign_in(server: Server, secret: str, *, seconds: int) -> None:
+    """Give the server's clients the test user's credentials, valid for `seconds`."""
+{%- if cookiecutter.auth == "query_token" %}
+    token = issue_token("tester", seconds, TokenSettings(secret=secret))
+    server.ws_path = f"/ws?token={token}"
+    server.http_params = {"token": token}
+{%- elif cookiecutter.auth == "cookie" %}
+    session = SessionSigner(secret).sign("tester", time.time() + seconds)
+    server.ws_headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+    server.http_headers = server.ws_headers
+{%- endif %}
+{%- endif %}
 
 
 def wait_until_healthy(server: Server, attempts: int = 100) -> None:

@@ -21,8 +21,11 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.sse import LocalHistory, order
-
+{% if cookiecutter.auth != "none" %}
+from .conftest import TEST_SECRET, Server, StartServer, free_port, sign_in
+{%- else %}
 from .conftest import Server, StartServer, free_port
+{%- endif %}
 from .messages import next_message
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +44,16 @@ class Stream:
 
     async def next(self) -> httpx2.ServerSentEvent:
         return await asyncio.wait_for(anext(self._events), timeout=SOON)
+
+    async def until_the_end(self, most: int = 1000) -> list[httpx2.ServerSentEvent]:
+        """The events (pings included, `most` at most) until the server ends the stream."""
+        events = []
+        for _ in range(most):
+            try:
+                events.append(await self.next())
+            except StopAsyncIteration:
+                return events
+        raise AssertionError(f"the stream did not end within {most} events: {events[-3:]}")
 
     async def next_message(self) -> tuple[str, dict[str, Any]]:
         """The next `message` event: its SSE id (the cursor) and its frame."""
@@ -315,14 +328,9 @@ async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: Star
     server = start_server(SERVER_SHUTDOWN_TIMEOUT_SECONDS="60")
     async with open_stream(server) as stream:
         stopping = asyncio.create_task(asyncio.to_thread(server.stop, 15.0))
-        ended = False
-        for _ in range(1000):  # pings at most, until the stream ends
-            try:
-                await stream.next()
-            except StopAsyncIteration:
-                ended = True
-                break
-        assert ended
+        last = (await stream.until_the_end())[-1]
+        assert last.event == "close"
+        assert json.loads(last.data)["code"] == 1012, "service restart: reconnect"
         # uvicorn exits by raising the signal again once it has shut down.
         assert await stopping in (0, -signal.SIGTERM)
     assert "Cancel" not in server.output(), "streams ended by themselves, not by cancelling"
@@ -355,4 +363,18 @@ async def test_the_stream_and_publish_check_credentials_as_the_websocket_does(
         assert frame["data"] == "member"
         assert frame["sender"] == "tester"
         assert frame["id"] == event_id
+
+
+async def test_a_stream_ends_with_a_close_event_when_its_credentials_expire(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    sign_in(server, TEST_SECRET, seconds=2)
+    async with open_stream(server) as stream:
+        last = (await stream.until_the_end())[-1]
+    assert last.event == "close"
+    assert json.loads(last.data) == {"type": "close", "code": 4001, "reason": "session expired"}
+    await wait_for_connections(server, 0)
+    async with server.http_client(timeout=SOON) as client:
+        assert (await client.get("/sse")).status_code == 401, "the browser's retry is refused"
 {%- endif %}

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, WebSocket
@@ -30,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
-from .identity import SESSION_EXPIRED, HandshakeRefused, Identify, Identity, anonymous
+from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
 from .settings import HubSettings
@@ -102,7 +101,7 @@ class Endpoint:
         self.hub.add(connection)
         writer = connection.start_writer()
         writer.add_done_callback(functools.partial(_close_if_failed, connection))
-        expiry = _close_on_expiry(connection, identity)
+        expiry = close_on_expiry(connection, identity)
         connection.read_in(asyncio.current_task())
         try:
             self.on_open(connection, websocket)
@@ -231,16 +230,6 @@ def _close_if_failed(connection: Connection, writer: asyncio.Task[None]) -> None
         # A send on a socket the client already dropped, usually: expected, quiet.
         logger.debug("%s ended by %r", writer.get_name(), error)
         connection.close(status.WS_1011_INTERNAL_ERROR, "send failed")
-
-
-def _close_on_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:
-    """Close the connection with SESSION_EXPIRED when its credentials expire, if they do."""
-    if identity.expires_at is None:
-        return None
-    delay = max(0.0, identity.expires_at - time.time())
-    return asyncio.get_running_loop().call_later(
-        delay, connection.close, SESSION_EXPIRED, "session expired"
-    )
 
 
 def _size(event: Mapping[str, object]) -> int:

@@ -8,12 +8,23 @@ The auth feature supplies one; without it every client is `anonymous`. An identi
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-__all__ = ["SESSION_EXPIRED", "HandshakeRefused", "Identify", "Identity", "anonymous"]
+from .hub import Connection
+
+__all__ = [
+    "SESSION_EXPIRED",
+    "HandshakeRefused",
+    "Identify",
+    "Identity",
+    "anonymous",
+    "close_on_expiry",
+]
 
 # The close code of a connection whose token or session expired while it was open (4000-4999
 # is the range RFC 6455 leaves to applications). The client should authenticate again.
@@ -46,3 +57,14 @@ Identify = Callable[[HTTPConnection], Awaitable[Identity]]
 async def anonymous(connection: HTTPConnection) -> Identity:
     """The identity of every client when the service has no authentication."""
     return Identity("anonymous")
+
+
+def close_on_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:
+    """Close the connection with SESSION_EXPIRED when its credentials expire, if they do; the
+    caller cancels the timer when the connection ends first."""
+    if identity.expires_at is None:
+        return None
+    delay = max(0.0, identity.expires_at - time.time())
+    return asyncio.get_running_loop().call_later(
+        delay, connection.close, SESSION_EXPIRED, "session expired"
+    )

@@ -43,7 +43,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .hub import Connection, Hub
-from .identity import HandshakeRefused, Identify
+from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
 from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
 from .publishing import Publisher
 
@@ -66,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 # The SSE `event:` of the frame telling a client its position in some rooms is lost.
 RESYNC = "resync"
+# The last event of a stream the server ended, with the WebSocket close code it would have used
+# (4001: the credentials expired, sign in again; 1012: the server is restarting).
+CLOSE = "close"
 # A frame the heartbeat offers every connection; SSE streams send comment pings of their own.
 _HEARTBEAT_PING = encode({"type": "ping"})
 # Not JSON, so no frame can be it: the stream's own ping, queued behind the frames before it.
@@ -162,25 +165,25 @@ def parse_cursor(value: str | None) -> dict[str, str]:
     return dict(parse_qsl(value, keep_blank_values=False))
 
 
-IdentifyRequest = Callable[[Request], Awaitable[str]]
+IdentifyRequest = Callable[[Request], Awaitable[Identity]]
 CheckRoom = Callable[[str], None]
 
 
-async def anonymous_request(request: Request) -> str:
+async def anonymous_request(request: Request) -> Identity:
     """The identity of every HTTP client when the service has no authentication."""
-    return "anonymous"
+    return Identity("anonymous")
 
 
 def http_user(identify: Identify) -> IdentifyRequest:
     """The handshake check (auth) for the HTTP routes: a refusal becomes the same 401/403."""
 
-    async def user(request: Request) -> str:
+    async def identity(request: Request) -> Identity:
         try:
-            return (await identify(request)).user
+            return await identify(request)
         except HandshakeRefused as refusal:
             raise HTTPException(refusal.status_code, refusal.detail) from None
 
-    return user
+    return identity
 
 
 def only_the_default_room(room: str) -> None:
@@ -208,7 +211,7 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, sse: ServerSentEvents, user: str, rooms: list[str], cursor: dict[str, str]
+        self, sse: ServerSentEvents, identity: Identity, rooms: list[str], cursor: dict[str, str]
     ) -> None:
         # Not Response.__init__: it would declare a body of length 0.
         self.status_code = status.HTTP_200_OK
@@ -221,7 +224,7 @@ class EventStream(Response):
             }
         )
         self.sse = sse
-        self.user = user
+        self.identity = identity
         self.rooms = rooms
         self.cursor = dict(cursor)
         self.state = StreamState.REPLAYING
@@ -237,7 +240,7 @@ class EventStream(Response):
         sse, settings = self.sse, self.sse.hub_settings
         connection = Connection(
             self._write_frames,
-            user=self.user,
+            user=self.identity.user,
             outbox_limit=settings.outbox_limit,
             policy=settings.slow_consumer_policy,
             batch_bytes=settings.batch_bytes,
@@ -247,6 +250,8 @@ class EventStream(Response):
         # and either replayed or live, never neither; `_replayed` drops what would be both.
         sse.hub.add(connection)
         sse.streams.add(connection)
+        # Expired credentials end the stream, as they close a WebSocket.
+        expiry = close_on_expiry(connection, self.identity)
         tasks: list[asyncio.Task[None]] = []
         try:
             for room in self.rooms:
@@ -268,6 +273,8 @@ class EventStream(Response):
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
             self.state = StreamState.ENDED
+            if expiry is not None:
+                expiry.cancel()
             for task in tasks:
                 task.cancel()
             sse.streams.discard(connection)
@@ -276,10 +283,17 @@ class EventStream(Response):
         for task in tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.debug("%s ended by %r", task.get_name(), error)
-        # End the response, unless the client is gone or stopped reading (then uvicorn drops it).
+        # End the response, unless the client is gone or stopped reading (then uvicorn drops it),
+        # saying why when the server chose to: the client then knows whether to sign in again.
+        last = b""
+        if connection.close_code is not None:
+            frame = encode(
+                {"type": CLOSE, "code": connection.close_code, "reason": connection.close_reason}
+            )
+            last = f"event: {CLOSE}\ndata: {frame}\n\n".encode()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
-                send({"type": "http.response.body", "body": b"", "more_body": False}),
+                send({"type": "http.response.body", "body": last, "more_body": False}),
                 timeout=settings.close_timeout_seconds,
             )
 
@@ -402,7 +416,7 @@ class ServerSentEvents:
         identify = self.identify
 
         @router.get("/sse", response_class=EventStream)
-        async def stream(request: Request, user: str = Depends(identify)) -> EventStream:
+        async def stream(request: Request, identity: Identity = Depends(identify)) -> EventStream:
             rooms = list(dict.fromkeys(request.query_params.getlist("room"))) or [DEFAULT_ROOM]
             if len(rooms) > self.settings.max_rooms_per_stream:
                 raise HTTPException(
@@ -414,13 +428,15 @@ class ServerSentEvents:
             cursor = parse_cursor(
                 request.headers.get("last-event-id") or request.query_params.get("lastEventId")
             )
-            return EventStream(self, user, rooms, cursor)
+            return EventStream(self, identity, rooms, cursor)
 
         @router.post("/publish")
-        async def publish(body: PublishBody, user: str = Depends(identify)) -> dict[str, object]:
+        async def publish(
+            body: PublishBody, identity: Identity = Depends(identify)
+        ) -> dict[str, object]:
             self._check(body.room)
             try:
-                event_id = await self.publisher.publish(body.room, user, body.data)
+                event_id = await self.publisher.publish(body.room, identity.user, body.data)
             except ProtocolError as error:
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE, f"{error.code}: {error.detail}"
