@@ -35,24 +35,35 @@ async def receive_all(ws: ClientConnection) -> list[str]:
     return [str(message) async for message in ws]
 
 
-async def test_send_text_now_sends_only_when_send_would_go_through_at_once() -> None:
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "per-message-deflate"])
+async def test_send_text_now_sends_only_when_send_would_go_through_at_once(deflate: bool) -> None:
     answers: dict[str, bool] = {}
+    # Each length of the frame header (7-bit, 16-bit, 64-bit), and UTF-8.
+    medium, large = "m" * 300, "l" * 70_000
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         protocol: WebSocketProtocol = send.__self__
         assert (await receive())["type"] == "websocket.connect"
         answers["before accept"] = protocol.send_text_now("too early")
         await send({"type": "websocket.accept"})
-        answers["open"] = protocol.send_text_now("first")
+        answers["open"] = protocol.send_text_now("premier é")
         protocol.pause_writing()  # what the transport calls when the client's buffer is full
         answers["paused"] = protocol.send_text_now("held")
         protocol.resume_writing()
-        answers["resumed"] = protocol.send_text_now("second")
+        answers["resumed"] = protocol.send_text_now(medium)
+        answers["large"] = protocol.send_text_now(large)
         await send({"type": "websocket.close", "code": 1000})
         answers["after close"] = protocol.send_text_now("too late")
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=WebSocketProtocol, lifespan="off")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws=WebSocketProtocol,
+        ws_per_message_deflate=deflate,
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     try:
@@ -60,7 +71,9 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once() -> 
             if server.started:
                 break
             await asyncio.sleep(0.05)
-        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:  # offers compression
+            extensions = [type(extension).__name__ for extension in ws.protocol.extensions]
+            assert extensions == (["PerMessageDeflate"] if deflate else [])
             # Iteration ends at the server's normal close.
             received = await asyncio.wait_for(receive_all(ws), 5)
     finally:
@@ -71,6 +84,7 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once() -> 
         "open": True,
         "paused": False,
         "resumed": True,
+        "large": True,
         "after close": False,
     }
-    assert received == ["first", "second"]
+    assert received == ["premier é", medium, large]

@@ -10,15 +10,20 @@ save about 4 KB per idle connection, a fifth of what a process holds per client 
 
 `send_text_now` is uvicorn's `send` of a text message without the `await`: the hub writes a
 broadcast to idle clients in one synchronous loop, as `websockets.broadcast()` does, instead of
-waking a task per client.
+waking a task per client. And since a server's frames are not masked, a broadcast's frame is
+the same bytes for every client: it is built once, not once per client (unless per-message
+compression is on, which compresses for each client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 __all__ = ["WebSocketProtocol", "WritableFlag"]
 
@@ -77,8 +82,19 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             or self.disconnected
             or not self.writable.is_set()
             or self.transport.is_closing()
+            or self.conn.state is not State.OPEN
         ):
             return False
-        self.conn.send_text(text.encode())
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.conn.extensions:  # per-message compression: each client has its own compressor
+            self.conn.send_text(text.encode())
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        else:
+            self.transport.write(_text_frame(text))
         return True
+
+
+@functools.lru_cache(maxsize=1)
+def _text_frame(text: str) -> bytes:
+    """The wire bytes of a server's text frame. One entry: a broadcast hands every client the
+    same string, one after the other."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
