@@ -1,8 +1,8 @@
 """The Hub: every open connection, the rooms they are in, and fan-out to them.
 
 Each connection has a bounded outbox drained by one writer task. Publishing encodes a message
-once and appends the same string to every member's outbox without awaiting any socket, so a
-client that stops reading delays nobody else. A client whose outbox is full is handled by the
+once and offers the same string to every member without awaiting any socket, so a client that
+stops reading delays nobody else. A client whose outbox is full is handled by the
 slow-consumer policy: closed with 1013 (try again later) and forgotten, or sent only what fits.
 
 Everything queued for a client leaves at once, as one batch (up to `batch_bytes`): under load a
@@ -76,10 +76,9 @@ class Connection:
 
     Frames leave in the order they were offered: they are written without the writer task
     (`write_loop`) only while it is idle with nothing queued before them, and what cannot be
-    written so goes back to it. `close()`
-    may be called from anywhere (the hub, the reader, a timer); it is synchronous and never waits
-    for the client: it stops the writer, even mid-send, and interrupts the task reading from the
-    client (`read_in`).
+    written so goes back to it. `close()` may be called from anywhere (the hub, the reader, a
+    timer); it is synchronous and never waits for the client: it stops the writer, even
+    mid-send, and interrupts the task reading from the client (`read_in`).
     """
 
     __slots__ = (
