@@ -52,6 +52,7 @@ class Stream:
             try:
                 events.append(await self.next())
             except StopAsyncIteration:
+                assert events, "the stream ended without a last event"
                 return events
         raise AssertionError(f"the stream did not end within {most} events: {events[-3:]}")
 

@@ -201,10 +201,14 @@ class RealtimeApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _one_frame(frames: list[str]) -> str:
+    """A batch's WebSocket frame: one message per line, as JSON never holds a raw newline."""
+    return "\n".join(frames)
+
+
 def _send_frames_on(send: Send) -> SendFrames:
     async def send_frames(frames: list[str]) -> None:
-        # One WebSocket frame per batch, one message per line: JSON never holds a raw newline.
-        await send({"type": "websocket.send", "text": "\n".join(frames)})
+        await send({"type": "websocket.send", "text": _one_frame(frames)})
 
     return send_frames
 
@@ -219,7 +223,7 @@ def _write_now_on(send: Send) -> WriteNow | None:
     send_text_now = protocol.send_text_now
 
     def write_now(frames: list[str]) -> bool:
-        return send_text_now("\n".join(frames))  # the framing of `_send_frames_on`
+        return send_text_now(_one_frame(frames))
 
     return write_now
 
