@@ -8,6 +8,12 @@ type.
 A client sends one message per text frame. The server may send several in one text frame, one
 per line, when they are queued for a client that is behind (`HUB_BATCH_BYTES`): `encode` never
 writes a raw newline (JSON escapes it in strings), so splitting a frame on "\n" is exact.
+
+Every frame the server sends is strict JSON (RFC 8259) in valid UTF-8, whatever a client sent.
+That is decided at the edge, once: `parse_json` refuses what no frame could carry on (NaN and the
+infinities, lone surrogates, which UTF-8 cannot hold, nesting past `MAX_DEPTH`), and the models
+refuse numbers too large for a double (`1e400` parses as inf). `encode` refuses the same, so a
+gap in these checks costs one message its delivery, never the room its connections.
 """
 
 from __future__ import annotations
@@ -19,24 +25,36 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic_core import from_json
 
 from .hub import Connection
 
 __all__ = [
     "DEFAULT_ROOM",
+    "MAX_DEPTH",
     "ErrorCode",
     "Message",
     "Protocol",
     "ProtocolError",
     "Publish",
+    "UnencodableFrame",
     "encode",
     "error_frame",
+    "parse_json",
+    "validated",
     "with_id",
 ]
 
 # Without the rooms feature every client is in this one room; with it, a client that names no
 # room when it connects joins this one.
 DEFAULT_ROOM = "lobby"
+
+# The deepest nesting of arrays and objects a client's JSON may have. It is the limit of the
+# parser (pydantic-core's), which counts while it parses, so the check costs nothing (a lower one
+# of our own would cost a second look at every frame); test_protocol pins it. Far deeper than any
+# real message, and shallower than what the server's own code and any client's parser handle
+# (pydantic validates 254 levels, Python's json module about 1,000, browsers thousands).
+MAX_DEPTH = 200
 
 
 class ErrorCode(enum.StrEnum):
@@ -62,10 +80,15 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
-class Message(BaseModel):
-    """Base of every inbound message: unknown fields are a mistake, not noise."""
+class UnencodableFrame(ValueError):
+    """A payload no strict JSON frame can carry (a NaN, an infinity, a lone surrogate)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Message(BaseModel):
+    """Base of every inbound message: unknown fields are a mistake, not noise, and a number
+    out of a double's range (`1e400`, parsed as inf) has no JSON form to send on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Publish(Message):
@@ -77,6 +100,7 @@ class Publish(Message):
 
 
 M = TypeVar("M", bound=Message)
+B = TypeVar("B", bound=BaseModel)
 Handler = Callable[[Connection, Any], Awaitable[None]]
 
 
@@ -87,12 +111,52 @@ class Route:
 
 
 def encode(payload: dict[str, object]) -> str:
-    """The one way frames are encoded: compact JSON, UTF-8 left as is."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    """The one way frames are encoded: compact JSON, UTF-8 left as is.
+
+    Raises UnencodableFrame rather than return what is not strict JSON in UTF-8, which every
+    send path would fail on, each member of a room in turn. Once per message, not per client.
+    """
+    try:
+        frame = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if not frame.isascii():  # O(1); only text beyond ASCII can hold a lone surrogate
+            frame.encode()
+    except ValueError as error:  # NaN or an infinity; UnicodeEncodeError: a lone surrogate
+        raise UnencodableFrame(str(error)) from None
+    return frame
 
 
 def error_frame(code: str, detail: str) -> str:
+    # A detail may quote a client's input: what UTF-8 cannot hold is escaped, never refused.
+    if not detail.isascii():
+        detail = detail.encode(errors="backslashreplace").decode()
     return encode({"type": "error", "code": str(code), "detail": detail})
+
+
+def parse_json(text: str | bytes) -> Any:
+    """A client's JSON, or ProtocolError(INVALID_JSON): the one parser of every inbound message.
+
+    Strict, in one pass: refuses NaN and the infinities, lone surrogates (escaped, `"\\ud800"`,
+    or not), bytes that are not UTF-8, and nesting deeper than MAX_DEPTH, besides what is not
+    JSON at all. Also faster than `json.loads` (pydantic-core's parser, in Rust).
+    """
+    try:
+        return from_json(text, allow_inf_nan=False)
+    except ValueError as error:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON: {error}") from None
+    except TypeError:  # a str holding a lone surrogate, which no UTF-8 frame can have brought
+        raise ProtocolError(ErrorCode.INVALID_JSON, "not valid JSON: a lone surrogate") from None
+
+
+def validated(model: type[B], payload: object) -> B:
+    """`payload` as a `model`, or ProtocolError(INVALID_FIELDS) naming each problem."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc'])) or 'message'}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise ProtocolError(ErrorCode.INVALID_FIELDS, problems) from None
 
 
 def with_id(frame: str, event_id: str) -> str:
@@ -122,10 +186,7 @@ class Protocol:
 
     def decode(self, text: str) -> tuple[Message, Handler]:
         """Parse and validate one frame, or raise ProtocolError saying what is wrong."""
-        try:
-            payload = json.loads(text)
-        except ValueError as error:
-            raise ProtocolError(ErrorCode.INVALID_JSON, f"not valid JSON: {error}") from None
+        payload = parse_json(text)
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, 'expected a JSON object with a string "type"'
@@ -136,12 +197,4 @@ class Protocol:
                 ErrorCode.UNKNOWN_TYPE,
                 f"unknown type {payload['type']!r}; expected one of {', '.join(self.types)}",
             )
-        try:
-            message = route.model.model_validate(payload)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(map(str, item['loc'])) or 'message'}: {item['msg']}"
-                for item in error.errors(include_url=False)
-            )
-            raise ProtocolError(ErrorCode.INVALID_FIELDS, problems) from None
-        return message, route.handler
+        return validated(route.model, payload), route.handler

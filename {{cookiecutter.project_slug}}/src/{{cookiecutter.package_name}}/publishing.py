@@ -9,7 +9,7 @@ from starlette import status
 
 from .broker import Broker, Sent
 from .hub import Connection
-from .protocol import ErrorCode, ProtocolError, Publish, encode, error_frame
+from .protocol import ErrorCode, ProtocolError, Publish, UnencodableFrame, encode, error_frame
 
 __all__ = ["Publisher", "message_frame"]
 
@@ -36,16 +36,28 @@ class Publisher:
             raise ProtocolError(
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"
             )
-        sent = self.broker.publish(
-            message.room, message_frame(message.room, connection.user, message.data)
-        )
+        frame = _frame_or_refuse(message.room, connection.user, message.data, connection)
+        sent = self.broker.publish(message.room, frame)
         # Not awaited: the sender's next message is read while this one travels (with Redis,
         # all that are waiting go in one round trip). A failure still reaches the sender.
         sent.add_done_callback(functools.partial(_report_failure, connection))
 
     async def publish(self, room: str, sender: str, data: object) -> str | None:
         """Send a message to every member of `room`; return its event id, if it has one."""
-        return await self.broker.publish(room, message_frame(room, sender, data))
+        frame = _frame_or_refuse(room, sender, data, f"POST /publish by {sender!r}")
+        return await self.broker.publish(room, frame)
+
+
+def _frame_or_refuse(room: str, sender: str, data: object, publisher: object) -> str:
+    """The message's frame; if it has none, the publisher alone hears of it, before the broker
+    or any member sees anything. Logged: the edge (`parse_json`) should have refused it."""
+    try:
+        return message_frame(room, sender, data)
+    except UnencodableFrame as error:
+        logger.warning("refused a publish from %s with no strict JSON frame: %s", publisher, error)
+        raise ProtocolError(
+            ErrorCode.INVALID_JSON, f"the message has no strict JSON form: {error}"
+        ) from None
 
 
 def _report_failure(connection: Connection, sent: Sent) -> None:

@@ -32,11 +32,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 from starlette.responses import Response
@@ -44,7 +44,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
-from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
+from .protocol import (
+    DEFAULT_ROOM,
+    ErrorCode,
+    ProtocolError,
+    encode,
+    parse_json,
+    validated,
+    with_id,
+)
 from .publishing import Publisher
 
 if TYPE_CHECKING:
@@ -193,10 +201,28 @@ def only_the_default_room(room: str) -> None:
 
 
 class PublishBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """The body of `POST /publish`, refused exactly where a WebSocket `publish` would be."""
 
-    data: JsonValue
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # Any JSON value; its schema inline, as OpenAPI cannot refer to JsonValue's `$defs` entry.
+    data: Annotated[JsonValue, WithJsonSchema({})]
     room: str = DEFAULT_ROOM
+
+    @classmethod
+    def parse(cls, body: bytes) -> PublishBody:
+        """The body read by the WebSocket's parser (protocol.py), not FastAPI's `json.loads`,
+        which takes NaN and lone surrogates, and whose 422 for `1e400` fails to render (500)."""
+        return validated(cls, parse_json(body))
+
+
+# FastAPI documents only the bodies it parses itself.
+_PUBLISH_BODY_DOCS = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PublishBody.model_json_schema()}},
+    }
+}
 
 
 class StreamState(enum.Enum):
@@ -430,16 +456,26 @@ class ServerSentEvents:
             )
             return EventStream(self, identity, rooms, cursor)
 
-        @router.post("/publish")
+        @router.post("/publish", openapi_extra=_PUBLISH_BODY_DOCS)
         async def publish(
-            body: PublishBody, identity: Identity = Depends(identify)
+            request: Request, identity: Identity = Depends(identify)
         ) -> dict[str, object]:
+            try:
+                body = PublishBody.parse(await request.body())
+            except ProtocolError as error:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"{error.code}: {error.detail}"
+                ) from None
             self._check(body.room)
             try:
                 event_id = await self.publisher.publish(body.room, identity.user, body.data)
             except ProtocolError as error:
+                unsendable = error.code == ErrorCode.INVALID_JSON  # else the broker is down
                 raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE, f"{error.code}: {error.detail}"
+                    status.HTTP_422_UNPROCESSABLE_CONTENT
+                    if unsendable
+                    else status.HTTP_503_SERVICE_UNAVAILABLE,
+                    f"{error.code}: {error.detail}",
                 ) from None
             return {"room": body.room, "id": event_id}
 
