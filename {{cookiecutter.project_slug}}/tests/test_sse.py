@@ -200,6 +200,40 @@ async def test_invalid_rooms_are_refused_before_streaming(start_server: StartSer
         assert response.status_code == 422
 
 
+# json.loads takes the first six (FastAPI relayed them: NaN to every client, and a lone
+# surrogate that closed every member of the room): the same rules as a WebSocket frame's.
+UNSENDABLE_BODIES = [
+    b'{"data": NaN}',
+    b'{"data": [Infinity]}',
+    b'{"data": -Infinity}',
+    b'{"data": 1e400}',
+    b'{"data": "\\ud800"}',
+    b'{"data": {"\\udc00": 1}}',
+    b'{"data": ' + b"[" * 64 + b"]" * 64 + b"}",
+    b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"data": "\xff"}',
+    b"not json",
+]
+
+
+async def test_publish_refuses_what_no_frame_can_carry_with_a_json_422(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    async with server.connect() as ws, server.http_client(timeout=SOON) as client:
+        assert (await next_message(ws, SOON))["type"] == "welcome"
+        for body in UNSENDABLE_BODIES:
+            response = await client.post(
+                "/publish", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert response.status_code == 422, (body[:40], response.text)
+            detail = response.json()["detail"]
+            assert detail.startswith(("invalid_json: ", "invalid_fields: ")), detail
+        # Nothing reached the room: the next message is the next good publish.
+        event_id = await post(server, "after", client=client)
+        assert (await next_message(ws, SOON))["id"] == event_id
+
+
 async def test_comment_pings_keep_an_idle_stream_open(start_server: StartServer) -> None:
     # With heartbeats the pings follow HEARTBEAT_INTERVAL_SECONDS, and a stream must survive
     # the heartbeat's sweep of silent connections: a stream has nothing to answer with.
