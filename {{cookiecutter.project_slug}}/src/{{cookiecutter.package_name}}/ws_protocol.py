@@ -67,9 +67,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       plus the pongs of the one read before the pause.
     - Every ping or pong calls `on_control_frame` (see `attach`): the endpoint counts them
       against the client's rate limit, as it does messages, and as a sign that it is there.
-    - A close that the client does not complete within `close_timeout` aborts the transport:
-      uvicorn's `transport.close()` would wait to flush first, and so hold the socket, its fd
-      and its buffers for as long as the client goes on not reading. The same at shutdown.
+    - A close that the client does not complete within `close_timeout` (the closing handshake,
+      or the flush of a transport closed with bytes still to send, as at shutdown) aborts the
+      transport: uvicorn's `transport.close()` waits to flush first, and so would hold the
+      socket, its fd and its buffers for as long as the client goes on not reading. The
+      endpoint aborts at once a connection whose close frame cannot even be written (`abort`).
     """
 
     # Until `attach`: a class attribute, so nothing per connection.
@@ -121,9 +123,21 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         return message
 
     def shutdown(self) -> None:
-        super().shutdown()
-        # uvicorn has written a close frame and closed the transport, which waits to flush it.
-        if self.transport.get_write_buffer_size():
+        super().shutdown()  # a close frame (1012) written, the transport closed
+        self._abort_unless_flushed()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()  # the app is done: the transport closed, or a close timer set
+        self._abort_unless_flushed()
+
+    def _abort_unless_flushed(self) -> None:
+        """A closed transport waits to flush what it holds before it lets go of the socket:
+        forever, for a client that does not read. Give it `close_timeout`, then abort."""
+        if (
+            self.close_timer is None
+            and self.transport.is_closing()
+            and self.transport.get_write_buffer_size()
+        ):
             self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
 
     async def send(self, message: Any) -> None:
