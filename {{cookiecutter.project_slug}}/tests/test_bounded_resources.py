@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -67,21 +68,44 @@ def resident_bytes(server: Server) -> int:
     raise AssertionError("no VmRSS line in /proc/<pid>/status")
 
 
-def open_descriptors(server: Server) -> int:
-    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
-
-
-def server_side_established(server: Server, client: socket.socket) -> bool:
-    """Whether the server still holds its end of `client`'s TCP connection open, as `ss -tn`
-    would show it: the line of /proc/net/tcp from the server's port to the client's."""
+def server_side(server: Server, client: socket.socket) -> list[str]:
+    """The server's end of `client`'s TCP connection, as `ss -tn` would show it: its line of
+    /proc/net/tcp (state, queues, inode...), split; empty once the socket is gone."""
     client_port = client.getsockname()[1]
     local, remote = f"0100007F:{server.port:04X}", f"0100007F:{client_port:04X}"
     with open(f"/proc/{server.process.pid}/net/tcp", encoding="ascii") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
             if fields[1] == local and fields[2] == remote:
-                return fields[3] == "01"  # TCP_ESTABLISHED
-    return False
+                return fields
+    return []
+
+
+def server_side_established(server: Server, client: socket.socket) -> bool:
+    fields = server_side(server, client)
+    return bool(fields) and fields[3] == "01"  # TCP_ESTABLISHED
+
+
+def descriptor_of(server: Server, client: socket.socket) -> tuple[str, str]:
+    """The path of the server's file descriptor for its end of `client`'s connection, and the
+    socket it links to (`socket:[inode]`)."""
+    fields = server_side(server, client)
+    assert fields, "the server has no socket for this client"
+    target = f"socket:[{fields[9]}]"
+    directory = f"/proc/{server.process.pid}/fd"
+    for fd in os.listdir(directory):
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"{directory}/{fd}") == target:
+                return f"{directory}/{fd}", target
+    raise AssertionError(f"no descriptor of the server links to {target}")
+
+
+def still_open(descriptor: tuple[str, str]) -> bool:
+    path, target = descriptor
+    try:
+        return os.readlink(path) == target
+    except FileNotFoundError:
+        return False
 
 
 def connection_count(server: Server) -> int:
@@ -174,15 +198,14 @@ async def test_a_stalled_client_closed_as_a_slow_consumer_has_its_socket_release
         HUB_OUTBOX_LIMIT="8", HUB_CLOSE_TIMEOUT_SECONDS="0.5", SERVER_SHUTDOWN_TIMEOUT_SECONDS="5"
     )
     publisher = await join(server)
-    descriptors = open_descriptors(server)
     stalled = raw_client(server)
     await poll(lambda: connection_count(server) == 2, "2 connections")
     assert server_side_established(server, stalled)
-    assert open_descriptors(server) == descriptors + 1
+    descriptor = descriptor_of(server, stalled)
     await publish_until(server, publisher, connections=1)
     # Its close frame cannot get out: the server drops the socket, fd and buffers at once.
     await poll(lambda: not server_side_established(server, stalled), "released (ss -tn)")
-    await poll(lambda: open_descriptors(server) == descriptors, "back to the descriptors before")
+    await poll(lambda: not still_open(descriptor), "its fd closed")
     await publisher.close()
     stalled.close()
     assert server.stop() in (0, -signal.SIGTERM), server.output()
