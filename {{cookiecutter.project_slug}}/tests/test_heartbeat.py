@@ -63,6 +63,24 @@ async def test_a_client_that_answers_pings_stays_connected(server: Server) -> No
 
 
 @pytest.mark.anyio
+async def test_a_client_that_only_sends_protocol_pings_stays_connected(server: Server) -> None:
+    # The `websockets` client's own keepalive, and no application frame at all: its pings prove
+    # it is there as well as a pong would.
+    ws = await server.connect(ping_interval=INTERVAL, ping_timeout=PATIENCE)
+    assert (await next_message(ws, PATIENCE))["type"] == "welcome"
+    pings = 0
+    while pings < 10:  # ten intervals, never answered: far past interval + timeout
+        if (await next_message(ws, PATIENCE))["type"] == "ping":
+            pings += 1
+    assert readiness(server)["connections"] == 1
+    await ws.send(json.dumps({"type": "publish", "data": "still here"}))
+    while (frame := await next_message(ws, PATIENCE))["type"] == "ping":
+        pass
+    assert (frame["type"], frame["data"]) == ("message", "still here")
+    await ws.close()
+
+
+@pytest.mark.anyio
 async def test_a_silent_client_is_closed_with_4000_and_forgotten(server: Server) -> None:
     ws = await open_client(server)
 

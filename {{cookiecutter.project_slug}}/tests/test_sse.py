@@ -27,6 +27,7 @@ from .conftest import TEST_SECRET, Server, StartServer, free_port, sign_in
 from .conftest import Server, StartServer, free_port
 {%- endif %}
 from .messages import next_message
+from .test_bounded_resources import TINY_BUFFER, poll, server_side_established
 
 pytestmark = pytest.mark.anyio
 
@@ -308,6 +309,39 @@ async def test_a_closed_stream_is_forgotten_promptly(start_server: StartServer) 
     async with open_stream(server, rooms=()):
         assert connection_count(server) == 1
     await wait_for_connections(server, 0)
+
+
+async def test_a_stalled_stream_ended_by_the_server_has_its_socket_released(
+    start_server: StartServer,
+) -> None:
+    server = start_server(
+        HUB_OUTBOX_LIMIT="8", HUB_CLOSE_TIMEOUT_SECONDS="0.5", SERVER_SHUTDOWN_TIMEOUT_SECONDS="5"
+    )
+    # A receive buffer set before connecting, so that the kernel holds a few kilobytes for it.
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_BUFFER)
+    stalled.settimeout(SOON)
+    stalled.connect(("127.0.0.1", server.port))
+    query = "&".join(f"{name}={value}" for name, value in server.http_params.items())
+    headers = "".join(f"{name}: {value}\r\n" for name, value in server.http_headers.items())
+    stalled.sendall(
+        f"GET /sse?{query} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Accept: text/event-stream\r\n{headers}\r\n".encode()
+    )
+    await wait_for_connections(server, 1)
+    assert server_side_established(server, stalled)
+    payload = "x" * 30_000
+    async with server.http_client(timeout=SOON) as client:
+        for n in range(1000):  # up to 30 MB
+            await post(server, [n, payload], client=client)
+            if n % 10 == 9 and connection_count(server) == 0:
+                break
+    assert connection_count(server) == 0, "the stalled stream was ended as a slow consumer"
+    # Its last event cannot get out: the server drops the socket, fd and buffers at once.
+    await poll(lambda: not server_side_established(server, stalled), "released (ss -tn)")
+    assert server.stop() in (0, -signal.SIGTERM), server.output()
+    assert "timeout graceful shutdown exceeded" not in server.output(), server.output()
+    stalled.close()
 
 
 @asynccontextmanager

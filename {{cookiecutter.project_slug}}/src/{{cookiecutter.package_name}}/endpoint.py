@@ -16,7 +16,6 @@ One handler shape for every connection:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -103,6 +102,13 @@ class Endpoint:
         writer.add_done_callback(functools.partial(_close_if_failed, connection))
         expiry = close_on_expiry(connection, identity)
         connection.read_in(asyncio.current_task())
+        bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
+        ws_protocol = _ws_protocol_of(send)
+        if ws_protocol is not None:
+            ws_protocol.attach(
+                on_control_frame=functools.partial(_control_frame, connection, bucket),
+                close_timeout=self.settings.close_timeout_seconds,
+            )
         try:
             self.on_open(connection, websocket)
             connection.offer(
@@ -116,7 +122,7 @@ class Endpoint:
                     | self.welcome
                 )
             )
-            await self._read_loop(websocket, connection)
+            await self._read_loop(websocket, connection, bucket)
         except asyncio.CancelledError:
             if not connection.interrupted():
                 raise
@@ -132,20 +138,31 @@ class Endpoint:
             self.hub.remove(connection)
         await asyncio.wait((writer,))
         if connection.close_code is not None:
-            await self._close(websocket, connection.close_code, connection.close_reason)
+            sent = await self._close(websocket, connection.close_code, connection.close_reason)
+            if not sent and ws_protocol is not None:
+                # The client is not taking what it was sent: holding its socket until it does
+                # would hold an fd and megabytes of buffers, and make shutdown wait for it.
+                ws_protocol.abort()
 
-    async def _close(self, websocket: WebSocket, code: int, reason: str) -> None:
-        """Send the close frame, but never wait long for a client that stopped reading."""
+    async def _close(self, websocket: WebSocket, code: int, reason: str) -> bool:
+        """Send the close frame, but never wait long for a client that stopped reading; False
+        if it could not be handed to the server in time."""
         if websocket.application_state is not WebSocketState.CONNECTED:
-            return
-        with contextlib.suppress(Exception):
+            return True
+        try:
             await asyncio.wait_for(
                 websocket.close(code, reason), timeout=self.settings.close_timeout_seconds
             )
+        except TimeoutError:
+            return False
+        except Exception:
+            pass  # a close on a socket the client already dropped: expected, quiet
+        return True
 
-    async def _read_loop(self, websocket: WebSocket, connection: Connection) -> None:
+    async def _read_loop(
+        self, websocket: WebSocket, connection: Connection, bucket: TokenBucket
+    ) -> None:
         """Read frames until the client leaves or the connection is condemned."""
-        bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
         loop = asyncio.get_running_loop()
         max_bytes = self.settings.max_message_bytes
         while connection.state is ConnectionState.OPEN:
@@ -226,6 +243,22 @@ def _write_now_on(send: Send) -> WriteNow | None:
         return send_text_now(_one_frame(frames))
 
     return write_now
+
+
+def _ws_protocol_of(send: Send) -> WebSocketProtocol | None:
+    """The template's uvicorn protocol, when `send` is its own (as in `_write_now_on`)."""
+    protocol = getattr(send, "__self__", None)
+    return protocol if isinstance(protocol, WebSocketProtocol) else None
+
+
+def _control_frame(connection: Connection, bucket: TokenBucket) -> None:
+    """A ping or pong from the client: a frame like any other for the rate limit, and as good
+    a sign of life as a message (the `websockets` client's keepalive sends nothing else)."""
+    if connection.state is not ConnectionState.OPEN:
+        return
+    connection.last_seen = asyncio.get_running_loop().time()
+    if not bucket.take():
+        connection.close(status.WS_1008_POLICY_VIOLATION, "rate limit exceeded")
 
 
 def _close_if_failed(connection: Connection, writer: asyncio.Task[None]) -> None:

@@ -4,7 +4,10 @@ One task per process does all of it, however many clients there are: every `inte
 it first closes each connection from which nothing has arrived for `interval_seconds +
 timeout_seconds`, then encodes one `{"type":"ping"}` frame and offers that same string to every
 connection. A client answers with `{"type":"pong"}`; any frame it sends counts as an answer,
-since the endpoint stamps `Connection.last_seen` on every frame it reads.
+since the endpoint stamps `Connection.last_seen` on every frame it reads, and on every
+protocol-level ping or pong the template's uvicorn protocol reports (`ws_protocol.py`): a client
+that keeps its connection alive with WebSocket pings alone (the `websockets` client's default
+keepalive) is as alive as one that answers with `pong`.
 
 The contract: a client that answers each ping within `timeout_seconds` is never closed. One that
 falls silent is closed with 4000 ("heartbeat timeout") at the first tick after `interval_seconds

@@ -67,10 +67,11 @@ class HubSettings(BaseSettings):
     # A larger frame closes the connection with 1009 (message too big).
     max_message_bytes: int = Field(default=64 * 1024, ge=256)
     # Frames a client may send per second on average, and in one burst; past that the
-    # connection is closed with 1008 (policy violation).
+    # connection is closed with 1008 (policy violation). Pings and pongs count as frames.
     rate_per_second: float = Field(default=50.0, gt=0)
     rate_burst: int = Field(default=100, ge=1)
-    # How long to wait for a client to take the close frame before giving up on it.
+    # How long to wait for a client to take the close frame before giving up on it: its
+    # socket is then aborted, releasing its buffers at once.
     close_timeout_seconds: float = Field(default=2.0, gt=0)
 
 

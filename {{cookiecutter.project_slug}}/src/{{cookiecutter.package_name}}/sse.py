@@ -309,19 +309,27 @@ class EventStream(Response):
         for task in tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 logger.debug("%s ended by %r", task.get_name(), error)
-        # End the response, unless the client is gone or stopped reading (then uvicorn drops it),
-        # saying why when the server chose to: the client then knows whether to sign in again.
+        # End the response, unless the client is gone or stopped reading (then its socket is
+        # aborted), saying why when the server chose to: the client then knows whether to sign in
+        # again.
         last = b""
         if connection.close_code is not None:
             frame = encode(
                 {"type": CLOSE, "code": connection.close_code, "reason": connection.close_reason}
             )
             last = f"event: {CLOSE}\ndata: {frame}\n\n".encode()
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(
                 send({"type": "http.response.body", "body": last, "more_body": False}),
                 timeout=settings.close_timeout_seconds,
             )
+        except TimeoutError:
+            # uvicorn would close the transport, which waits to flush what the client is not
+            # reading: the socket, its fd and its buffers held until it does, and shutdown
+            # waiting for it. Dropped now instead.
+            _abort_transport(receive)
+        except Exception:
+            pass  # a send on a socket the client already dropped: expected, quiet
 
     async def _deliver(self, connection: Connection) -> None:
         """The missed events, then the live ones: the only code that writes events."""
@@ -396,6 +404,16 @@ class EventStream(Response):
         while True:
             await asyncio.sleep(self.sse.settings.ping_interval_seconds)
             connection.offer(_COMMENT_PING)
+
+
+def _abort_transport(receive: Receive) -> None:
+    """Drop the connection of a request at once, with no flush. Under uvicorn, `receive` is its
+    request cycle's own (Starlette passes it on unwrapped), which holds the transport; under
+    servers that hold it elsewhere, nothing happens."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        abort()
 
 
 async def _disconnected(receive: Receive) -> None:

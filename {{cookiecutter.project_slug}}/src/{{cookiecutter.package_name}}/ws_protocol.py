@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -55,12 +56,96 @@ class WritableFlag:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """What a client costs stays bounded whatever it sends, read or not:
+
+    - While the transport's writes are paused (the client is not taking what it was sent),
+      the server stops reading from it too. websockets answers every ping it parses, and uvicorn
+      writes each pong even while writes are paused, so a client that pings and never reads
+      would otherwise grow the server's buffers without bound. Not reading is the one bound
+      that holds for everything a client sends: its frames wait in the kernel, and its writes
+      block. What is queued for it is then at most the transport's high-water mark (64 KiB)
+      plus the pongs of the one read before the pause.
+    - Every ping or pong calls `on_control_frame` (see `attach`): the endpoint counts them
+      against the client's rate limit, as it does messages, and as a sign that it is there.
+    - A close that the client does not complete within `close_timeout` (the closing handshake,
+      or the flush of a transport closed with bytes still to send, as at shutdown) aborts the
+      transport: uvicorn's `transport.close()` waits to flush first, and so would hold the
+      socket, its fd and its buffers for as long as the client goes on not reading. The
+      endpoint aborts at once a connection whose close frame cannot even be written (`abort`).
+    """
+
+    # Until `attach`: a class attribute, so nothing per connection.
+    on_control_frame: Callable[[], object] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writable = WritableFlag()  # type: ignore[assignment]
 
+    def attach(self, *, on_control_frame: Callable[[], object], close_timeout: float) -> None:
+        """Called by the endpoint on accepting: what a ping or pong costs the client, and how
+        long a close may wait for it (uvicorn's own close handshake waits 10 s)."""
+        self.on_control_frame = on_control_frame
+        self.close_timeout = close_timeout
+
+    def abort(self) -> None:
+        """Drop the connection now, with no closing handshake: for a client that is not taking
+        its close frame. Its fd and buffers are released at once."""
+        self.transport.abort()
+
+    def handle_ping(self) -> None:
+        if self.on_control_frame is not None:
+            self.on_control_frame()
+        super().handle_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self.on_control_frame is not None:
+            self.on_control_frame()
+        super().handle_pong(event)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        # uvicorn's, except that reading resumes only while the client takes what it is sent.
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty() and self.writable.is_set():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    def shutdown(self) -> None:
+        super().shutdown()  # a close frame (1012) written, the transport closed
+        self._abort_unless_flushed()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()  # the app is done: the transport closed, or a close timer set
+        self._abort_unless_flushed()
+
+    def _abort_unless_flushed(self) -> None:
+        """A closed transport waits to flush what it holds before it lets go of the socket:
+        forever, for a client that does not read. Give it `close_timeout`, then abort."""
+        if (
+            self.close_timer is None
+            and self.transport.is_closing()
+            and self.transport.get_write_buffer_size()
+        ):
+            self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
+
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # uvicorn's timer would close the transport, which waits to flush: abort instead.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The parser still refers to the request: its headers are emptied, not just dropped.
             # getattr: should uvicorn rename these, nothing is trimmed and nothing breaks.
