@@ -13,6 +13,10 @@ broadcast to idle clients in one synchronous loop, as `websockets.broadcast()` d
 waking a task per client. And since a server's frames are not masked, a broadcast's frame is
 the same bytes for every client: it is built once, not once per client (unless per-message
 compression is on, which compresses for each client).
+
+An upgrade request websockets cannot parse (a control character in a header value, which h11
+let through) gets a 400 and is closed: uvicorn 0.54 answers nothing and keeps the socket open,
+so any client could hold server sockets with one bad byte each.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["WebSocketProtocol", "WritableFlag"]
+__all__ = ["BAD_REQUEST", "WebSocketProtocol", "WritableFlag"]
+
+BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
+    b"Connection: close\r\n\r\ninvalid upgrade request\n"
+)
 
 
 class WritableFlag:
@@ -58,6 +67,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.writable = WritableFlag()  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            self.conn.handshake_exc is not None
+            and not self.handshake_initiated
+            and not self.transport.is_closing()
+        ):
+            self.transport.write(BAD_REQUEST)
+            self.transport.close()
 
     async def send(self, message: Any) -> None:
         await super().send(message)
