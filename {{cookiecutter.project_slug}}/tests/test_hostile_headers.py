@@ -142,7 +142,22 @@ def test_a_well_behaved_request_passes(start_server: StartServer) -> None:
     """The fuzzing above starts from requests that work: a refusal there means something."""
     server = start_server()
     for route in ROUTES:
-        method, target, headers = well_behaved(server, route)
+        headers = well_behaved(server, route)[2]
         fuzz = Fuzz(route, "Cookie", headers.get("Cookie", b""), append=False)
         expected = 101 if route == "/ws" else 200
         assert status_of(server, hostile_request(server, fuzz)) == expected, route
+
+
+def test_an_upgrade_request_that_cannot_be_parsed_gets_400_and_is_closed(
+    start_server: StartServer,
+) -> None:
+    # h11 lets a control character in a header value through; websockets' parser refuses it,
+    # after which uvicorn alone would answer nothing and hold the socket open.
+    server = start_server()
+    fuzz = Fuzz("/ws", "Sec-WebSocket-Protocol", b"chat\x01", append=False)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(hostile_request(server, fuzz))
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer

@@ -205,7 +205,7 @@ def http_user(identify: Identify) -> IdentifyRequest:
         try:
             return await identify(request)
         except HandshakeRefused as refusal:
-            raise HTTPException(refusal.status_code, refusal.detail) from None
+            raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
 
     return identity
 
