@@ -88,6 +88,7 @@ async def test_past_the_cap_handshakes_get_503_and_the_health_checks_still_answe
     start_server: StartServer,
 ) -> None:
     server = start_server(SERVER_ACCEPT_ERROR_LOG_SECONDS="1")
+    assert "open-file limit: soft" in server.output(), "both limits logged at start-up"
     # As `ulimit -n 256` would; the cap follows the limit of the running process.
     resource.prlimit(server.process.pid, resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT))
     clients = [await join(server) for _ in range(CAP)]
