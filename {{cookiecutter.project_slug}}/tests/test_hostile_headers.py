@@ -32,6 +32,8 @@ HEADERS = (
     "Last-Event-ID",
 )
 QUERY = "query string"
+# Query parameters the service reads, each given a hostile value of its own.
+PARAMETERS = ("?room=", "?lastEventId=", "?token=")
 ROUTES = (
     "/ws",
 {%- if cookiecutter.use_sse %}
@@ -58,7 +60,7 @@ header_bytes = st.binary(max_size=48).map(
 fuzzes = st.builds(
     Fuzz,
     route=st.sampled_from(ROUTES),
-    part=st.sampled_from((*HEADERS, QUERY)),
+    part=st.sampled_from((*HEADERS, QUERY, *PARAMETERS)),
     value=header_bytes,
     append=st.booleans(),
 )
@@ -88,14 +90,16 @@ def well_behaved(server: Server, route: str) -> tuple[str, bytes, dict[str, byte
 
 def hostile_request(server: Server, fuzz: Fuzz) -> bytes:
     method, target, headers = well_behaved(server, fuzz.route)
-    if fuzz.part == QUERY:
-        # Percent-escapes for what a request target cannot hold raw, and `%` itself left raw,
-        # so that broken escapes are sent too. Appended, it lands in the last value (the token).
-        escaped = quote_from_bytes(fuzz.value, safe="=&;+%").encode()
-        if fuzz.append:
-            target += escaped
-        else:
-            target += (b"&" if b"?" in target else b"?") + escaped
+    # Percent-escapes for what a request target cannot hold raw, and `%` itself left raw, so
+    # that broken escapes are sent too.
+    escaped = quote_from_bytes(fuzz.value, safe="=&;+%").encode()
+    if fuzz.part == QUERY and fuzz.append:
+        target += escaped  # into the last value there is: the token, if any
+    elif fuzz.part == QUERY:
+        target += (b"&" if b"?" in target else b"?") + escaped
+    elif fuzz.part in PARAMETERS:
+        parameter = fuzz.part[1:].encode()
+        target += (b"&" if b"?" in target else b"?") + parameter + escaped
     else:
         before = headers.get(fuzz.part, b"") if fuzz.append else b""
         headers[fuzz.part] = before + fuzz.value

@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# The start-up line goes next to uvicorn's own ("Started server process"), which every log
+# config uvicorn runs with prints at INFO.
+startup_logger = logging.getLogger("uvicorn.error")
 
 # The message of the error context asyncio reports when `accept()` fails for want of resources
 # (EMFILE, ENFILE, ENOBUFS, ENOMEM); `selector_events.py`, unchanged since Python 3.8.
@@ -167,7 +170,7 @@ class Capacity:
 
     def start(self) -> None:
         before, soft, hard = raise_file_limit()
-        logger.info(
+        startup_logger.info(
             "open-file limit: soft %d (was %d), hard %d; at most %d connections%s",
             soft,
             before,
