@@ -34,13 +34,10 @@ HEADERS = (
 QUERY = "query string"
 # Query parameters the service reads, each given a hostile value of its own.
 PARAMETERS = ("?room=", "?lastEventId=", "?token=")
-ROUTES = (
-    "/ws",
+ROUTES = ["/ws"]
 {%- if cookiecutter.use_sse %}
-    "/sse",
-    "/publish",
+ROUTES += ["/sse", "/publish"]
 {%- endif %}
-)
 
 
 @dataclass(frozen=True)
