@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 from {{ cookiecutter.package_name }}.capacity import (
     ACCEPT_OUT_OF_RESOURCES,
     AcceptErrorLog,
+    CapacitySettings,
     default_max_connections,
 )
 
@@ -139,3 +140,10 @@ async def broadcast_reaches_everyone(clients: list[ClientConnection]) -> None:
     await clients[0].send(json.dumps({"type": "publish", "data": "still here"}))
     for ws in (clients[0], clients[len(clients) // 2], clients[-1]):
         assert (await next_message(ws))["data"] == "still here"
+
+
+def test_an_empty_max_connections_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVER_MAX_CONNECTIONS", "")
+    assert CapacitySettings().max_connections is None
+    monkeypatch.setenv("SERVER_MAX_CONNECTIONS", "100")
+    assert CapacitySettings().max_connections == 100

@@ -27,7 +27,7 @@ import logging
 import resource
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 from starlette.requests import HTTPConnection
@@ -69,6 +69,12 @@ class CapacitySettings(BaseSettings):
     retry_after_seconds: int = Field(default=5, ge=0)
     # Failed accepts (out of file descriptors) are logged at most once per this many seconds.
     accept_error_log_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `SERVER_MAX_CONNECTIONS=` (the line of .env.example, uncommented) means the default.
+        return None if value == "" else value
 
 
 def raise_file_limit() -> tuple[int, int, int]:
