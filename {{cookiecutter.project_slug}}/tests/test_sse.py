@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from urllib.parse import parse_qsl
 import httpx2
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
@@ -359,6 +362,21 @@ def test_only_a_cursor_of_the_stream_s_rooms_is_read_as_one() -> None:
     garbage += ["a=1-2-3", "a=1\u00b2-2", "a=1-2&b=3-4&a=5-6", "a=1-2;b=3-4", "&", "a=1-2&"]
     for value in garbage:
         assert parse_cursor(value, rooms) == unknown, value
+
+
+@settings(max_examples=300, database=None)
+@given(value=st.text(alphabet=st.sampled_from("ab=&-;%+ 01239\u00b2x"), max_size=24) | st.text())
+def test_any_last_event_id_is_a_cursor_of_the_stream_or_unknown_for_every_room(
+    value: str,
+) -> None:
+    rooms = ["a", "b"]
+    cursor = parse_cursor(value, rooms)
+    if cursor and set(cursor.values()) != {UNKNOWN_POSITION}:
+        assert set(cursor) <= set(rooms)
+        assert all(re.fullmatch(r"[0-9]+-[0-9]+", last_id) for last_id in cursor.values())
+    else:
+        assert cursor in ({}, dict.fromkeys(rooms, UNKNOWN_POSITION))
+        assert (cursor == {}) == (value == "")
 
 
 @asynccontextmanager
