@@ -29,9 +29,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["BAD_REQUEST", "WebSocketProtocol", "WritableFlag"]
+__all__ = ["WebSocketProtocol", "WritableFlag"]
 
-BAD_REQUEST = (
+_BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
     b"Connection: close\r\n\r\ninvalid upgrade request\n"
 )
@@ -71,11 +71,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if (
-            self.conn.handshake_exc is not None
-            and not self.handshake_initiated
+            not self.handshake_initiated
+            and self.conn.handshake_exc is not None
             and not self.transport.is_closing()
         ):
-            self.transport.write(BAD_REQUEST)
+            self.transport.write(_BAD_REQUEST)
             self.transport.close()
 
     async def send(self, message: Any) -> None:
