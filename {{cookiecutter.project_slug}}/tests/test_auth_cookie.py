@@ -81,6 +81,7 @@ def tampered(value: str) -> str:
         pytest.param(headers(session(), origin="https://evil.example"), 403, id="foreign-origin"),
         pytest.param(headers(session(), origin="http://testserver.evil"), 403, id="lookalike"),
         pytest.param(headers(session(), origin=None), 403, id="no-origin"),
+        pytest.param(headers(session(), origin="http://["), 403, id="origin-not-a-url"),
         pytest.param(headers(None), 401, id="no-cookie"),
         pytest.param(headers(tampered(session())), 401, id="tampered"),
         pytest.param(headers("garbage"), 401, id="malformed"),
@@ -171,6 +172,15 @@ def test_production_refuses_a_missing_or_short_secret() -> None:
         CookieSettings(secret="", environment="production")
     with pytest.raises(ValidationError, match="AUTH_DEV_ENDPOINTS"):
         CookieSettings(secret=TEST_SECRET, environment="production", dev_endpoints=True)
+
+
+def test_a_session_with_a_non_ascii_character_is_malformed_not_a_server_error() -> None:
+    # A header is read as latin-1, so a client can append any character up to U+00FF.
+    for stray in ("\u00e9", "\u00ff", "\u0100", "\U0001f600"):
+        with pytest.raises(InvalidSession, match="malformed"):
+            SIGNER.verify(session() + stray)
+        with pytest.raises(InvalidSession, match="malformed"):
+            SIGNER.verify(stray + session())
 
 
 def test_a_signed_session_round_trips_and_a_flipped_byte_does_not() -> None:

@@ -141,6 +141,14 @@ def test_an_open_connection_is_closed_with_4001_when_its_token_expires(
     assert len(hub) == 0
 
 
+def test_a_token_with_a_stray_character_is_invalid_whatever_the_character() -> None:
+    valid = token("bob", ttl=60)
+    for stray in ("\u00e9", "\u00ff", "\ud800", "\U0001f600", "\x00"):
+        for bad in (valid + stray, stray + valid, stray):
+            with pytest.raises(jwt.InvalidTokenError):
+                verify_token(bad, SETTINGS)
+
+
 def test_verify_token_returns_the_user_and_expiry() -> None:
     identity = verify_token(token("bob", ttl=60), SETTINGS)
     assert identity.user == "bob"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -16,11 +17,13 @@ from urllib.parse import parse_qsl
 import httpx2
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.settings import Settings
-from {{ cookiecutter.package_name }}.sse import LocalHistory, order
+from {{ cookiecutter.package_name }}.sse import UNKNOWN_POSITION, LocalHistory, order, parse_cursor
 {% if cookiecutter.auth != "none" %}
 from .conftest import TEST_SECRET, Server, StartServer, free_port, sign_in
 {%- else %}
@@ -414,6 +417,86 @@ async def test_the_local_history_answers_since() -> None:
     assert await history.since("a", ids[0]) is None, "too old: ids[1] is gone"
     assert await history.since("b", ids[0]) is None, "not this room's"
     assert await history.since("a", "1-1") is None, "another life's"
+
+
+def test_only_a_cursor_of_the_stream_s_rooms_is_read_as_one() -> None:
+    rooms = ["a", "b"]
+    assert parse_cursor(None, rooms) == {}
+    assert parse_cursor("", rooms) == {}
+    assert parse_cursor("a=1-2&b=3-4", rooms) == {"a": "1-2", "b": "3-4"}
+    assert parse_cursor("b=3-4", rooms) == {"b": "3-4"}, "a room with no event yet"
+    unknown = dict.fromkeys(rooms, UNKNOWN_POSITION)
+    garbage = ["garbage", "a=", "=1-2", "c=1-2", "a=1-2&c=1-2", "a=1-2&a=1-3", "a=x-1", "a=1"]
+    garbage += ["a=1-2-3", "a=1\u00b2-2", "a=1-2&b=3-4&a=5-6", "a=1-2;b=3-4", "&", "a=1-2&"]
+    for value in garbage:
+        assert parse_cursor(value, rooms) == unknown, value
+
+
+@settings(max_examples=300, database=None)
+@given(value=st.text(alphabet=st.sampled_from("ab=&-;%+ 01239\u00b2x"), max_size=24) | st.text())
+def test_any_last_event_id_is_a_cursor_of_the_stream_or_unknown_for_every_room(
+    value: str,
+) -> None:
+    rooms = ["a", "b"]
+    cursor = parse_cursor(value, rooms)
+    if cursor and set(cursor.values()) != {UNKNOWN_POSITION}:
+        assert set(cursor) <= set(rooms)
+        assert all(re.fullmatch(r"[0-9]+-[0-9]+", last_id) for last_id in cursor.values())
+    else:
+        assert cursor in ({}, dict.fromkeys(rooms, UNKNOWN_POSITION))
+        assert (cursor == {}) == (value == "")
+
+
+@asynccontextmanager
+async def open_stream_at(server: Server, cursor: str, *, in_query: bool) -> AsyncIterator[Stream]:
+    """A stream resuming at `cursor`: in `Last-Event-ID`, or in `?lastEventId=`."""
+    if not in_query:
+        async with open_stream(server, last_event_id=cursor) as stream:
+            yield stream
+        return
+    async with (
+        server.http_client(timeout=SOON) as client,
+        client.sse("/sse", params={"lastEventId": cursor}) as source,
+    ):
+        stream = Stream(aiter(source), source.response)
+        assert (await stream.next()).retry is not None
+        yield stream
+
+
+async def test_a_cursor_that_is_not_one_gets_exactly_one_resync_then_the_live_stream(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    known = await post(server, "before")
+    epoch = known.partition("-")[0]
+    not_cursors = [
+        "garbage",
+        "r=",
+        f"{ROOM}=",
+        f"={known}",
+        f"{ROOM}=nonsense",
+        f"{ROOM}={known}x",
+        f"other={known}",  # a room this stream does not follow
+        f"{ROOM}={known}&other={known}",
+        f"{ROOM}={known}&{ROOM}={known}",
+        f"{ROOM}={epoch}-\u00b2",  # a digit to str.isdigit, not to int()
+    ]
+    for cursor in not_cursors:
+        # A header value is latin-1 on the wire: the one non-ASCII cursor goes in the query.
+        for in_query in (False, True) if cursor.isascii() else (True,):
+            async with open_stream_at(server, cursor, in_query=in_query) as stream:
+                first = await stream.next()
+                assert first.event == "resync", (cursor, in_query, first)
+                assert json.loads(first.data)["rooms"] == [ROOM], cursor
+                live = await post(server, "live")
+                second = await stream.next()
+                assert second.event == "message", (cursor, in_query, second)
+                assert json.loads(second.data)["id"] == live
+    # A true cursor still resumes with no resync.
+    async with open_stream_at(server, f"{ROOM}={live}", in_query=False) as stream:
+        after = await post(server, "after")
+        event = await stream.next()
+        assert (event.event, json.loads(event.data)["id"]) == ("message", after)
 {%- if cookiecutter.auth != "none" %}
 
 

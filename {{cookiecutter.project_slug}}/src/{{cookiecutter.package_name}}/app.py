@@ -19,6 +19,7 @@ from .broker import Broker
 {%- else %}
 from .broker import Broker, LocalBroker
 {%- endif %}
+from .capacity import Capacity
 from .demo import mount_demo
 from .endpoint import Endpoint, Identify, OnOpen, RealtimeApp, anonymous
 from .gc_pacing import GcPacer
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     hub = Hub()
     readiness = Readiness()
+    capacity = Capacity(hub, settings.capacity)
+    readiness.add_check("capacity", capacity.has_room)
 {%- if cookiecutter.use_sse and cookiecutter.use_redis %}
     # Every message gets its event id once, as Redis records it in the room's history while
     # publishing it, before any subscriber sees it.
@@ -110,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = CookieAuth(settings.auth)
     identify = auth.identify
 {%- endif %}
+    identify = capacity.guard(identify)
 {%- if cookiecutter.use_sse %}
     sse.identify = http_user(identify)
 {%- endif %}
@@ -118,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        capacity.start()
         gc_pacer.start()
         await broker.start()
 {%- if cookiecutter.use_heartbeats %}
@@ -128,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
         yield
         await gc_pacer.stop()
+        capacity.stop()
 {%- if cookiecutter.use_sse %}
         sse.unwatch_exit_signals()
         sse.close_all()

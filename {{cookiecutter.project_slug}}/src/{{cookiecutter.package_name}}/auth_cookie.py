@@ -106,6 +106,9 @@ class SessionSigner:
         return f"{payload}.{self._signature(payload)}"
 
     def verify(self, value: str, *, now: float | None = None) -> Identity:
+        # A signed value is ASCII; and `hmac.compare_digest` raises on any other str.
+        if not value.isascii():
+            raise InvalidSession("malformed session")
         payload, dot, signature = value.partition(".")
         if not dot or not hmac.compare_digest(signature, self._signature(payload)):
             raise InvalidSession("bad signature")
@@ -157,7 +160,11 @@ class CookieAuth:
         if origin in self._allowed:
             return True
         host = request.headers.get("host", "").lower()
-        return self.settings.allow_same_origin and bool(host) and urlsplit(origin).netloc == host
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # not a URL at all (`http://[`): no origin of ours
+            return False
+        return self.settings.allow_same_origin and bool(host) and netloc == host
 
     async def identify(self, request: HTTPConnection) -> Identity:
         """The identity the request proves, or HandshakeRefused. It reads only what a WebSocket

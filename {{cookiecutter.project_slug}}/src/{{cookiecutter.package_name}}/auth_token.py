@@ -102,6 +102,9 @@ def _issue(
 
 def verify_token(token: str, settings: TokenSettings, *, key: str | None = None) -> Identity:
     """The identity a token proves, or `jwt.InvalidTokenError` saying why it proves nothing."""
+    if not token.isascii():
+        # A JWT is base64url and dots; PyJWT would fail to encode a lone surrogate otherwise.
+        raise jwt.DecodeError("a token is ASCII")
     claims = jwt.decode(
         token,
         key if key is not None else settings.secret.get_secret_value(),

@@ -85,7 +85,7 @@ class Endpoint:
         except HandshakeRefused as refusal:
             # An HTTP response to the upgrade request: the socket is never accepted.
             await websocket.send_denial_response(
-                Response(refusal.detail, status_code=refusal.status_code)
+                Response(refusal.detail, status_code=refusal.status_code, headers=refusal.headers)
             )
             return
         await websocket.accept()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
@@ -34,10 +34,14 @@ SESSION_EXPIRED = 4001
 class HandshakeRefused(Exception):
     """Raised by `identify` to answer the upgrade request with an HTTP error instead."""
 
-    def __init__(self, status_code: int, detail: str) -> None:
+    def __init__(
+        self, status_code: int, detail: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+        # Of the HTTP response: `Retry-After` with a 503, say.
+        self.headers = dict(headers or {})
 
 
 @dataclass(frozen=True, slots=True)

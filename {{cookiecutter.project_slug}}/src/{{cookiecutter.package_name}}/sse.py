@@ -26,6 +26,7 @@ import contextlib
 import enum
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -81,6 +82,10 @@ CLOSE = "close"
 _HEARTBEAT_PING = encode({"type": "ping"})
 # Not JSON, so no frame can be it: the stream's own ping, queued behind the frames before it.
 _COMMENT_PING = ":ping"
+# An event id, as both histories write them: `epoch-n` here, `milliseconds-sequence` in Redis.
+EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
+# Where a client is in a room when its `Last-Event-ID` could not be read: it gets a resync.
+UNKNOWN_POSITION = ""
 
 
 class SseSettings(BaseSettings):
@@ -166,11 +171,30 @@ def order(event_id: str) -> tuple[int, ...]:
     return tuple(int(part) for part in event_id.split("-") if part.isdigit())
 
 
-def parse_cursor(value: str | None) -> dict[str, str]:
-    """A `Last-Event-ID` (`room=id&room=id`) as room to last id; garbage reads as nothing."""
+def parse_cursor(value: str | None, rooms: list[str]) -> dict[str, str]:
+    """A `Last-Event-ID` as room to last id, for a stream of `rooms`.
+
+    A cursor is `room=id` pairs, each room one of the stream's and named once, each id an event
+    id (`digits-digits`, the format of both histories). Anything else (`garbage`, `r=`, the
+    rooms of another stream) says nothing of where the client is: every room is then at
+    `UNKNOWN_POSITION`, and the stream starts with a `resync` for all of them, never silence.
+    """
     if not value:
         return {}
-    return dict(parse_qsl(value, keep_blank_values=False))
+    try:
+        pairs = parse_qsl(
+            value, keep_blank_values=True, strict_parsing=True, max_num_fields=len(rooms)
+        )
+    except ValueError:
+        pairs = []
+    cursor = dict(pairs)
+    if (
+        pairs
+        and len(cursor) == len(pairs)
+        and all(room in rooms and EVENT_ID.fullmatch(last_id) for room, last_id in pairs)
+    ):
+        return cursor
+    return dict.fromkeys(rooms, UNKNOWN_POSITION)
 
 
 IdentifyRequest = Callable[[Request], Awaitable[Identity]]
@@ -189,7 +213,7 @@ def http_user(identify: Identify) -> IdentifyRequest:
         try:
             return await identify(request)
         except HandshakeRefused as refusal:
-            raise HTTPException(refusal.status_code, refusal.detail) from None
+            raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
 
     return identity
 
@@ -345,7 +369,7 @@ class EventStream(Response):
             last_id = self.cursor.get(room)
             if last_id is None:
                 continue
-            events = await self.sse.history.since(room, last_id)
+            events = await self.sse.history.since(room, last_id) if last_id else None
             if events is None:
                 lost.append(room)
                 del self.cursor[room]
@@ -470,7 +494,8 @@ class ServerSentEvents:
             for room in rooms:
                 self._check(room)
             cursor = parse_cursor(
-                request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+                request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
+                rooms,
             )
             return EventStream(self, identity, rooms, cursor)
 

@@ -13,6 +13,10 @@ broadcast to idle clients in one synchronous loop, as `websockets.broadcast()` d
 waking a task per client. And since a server's frames are not masked, a broadcast's frame is
 the same bytes for every client: it is built once, not once per client (unless per-message
 compression is on, which compresses for each client).
+
+An upgrade request websockets cannot parse (a control character in a header value, which h11
+let through) gets a 400 and is closed: uvicorn 0.54 answers nothing and keeps the socket open,
+so any client could hold server sockets with one bad byte each.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 __all__ = ["WebSocketProtocol", "WritableFlag"]
+
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
+    b"Connection: close\r\n\r\ninvalid upgrade request\n"
+)
 
 
 class WritableFlag:
@@ -139,6 +148,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             and self.transport.get_write_buffer_size()
         ):
             self.close_timer = self.loop.call_later(self.close_timeout, self.abort)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (
+            not self.handshake_initiated
+            and self.conn.handshake_exc is not None
+            and not self.transport.is_closing()
+        ):
+            self.transport.write(_BAD_REQUEST)
+            self.transport.close()
 
     async def send(self, message: Any) -> None:
         await super().send(message)
