@@ -71,10 +71,10 @@ def problems(answers: dict[str, object]) -> list[str]:
             f"project_slug {slug!r} is not a valid distribution name: use letters, digits, "
             "'-', '_' or '.', starting and ending with a letter or digit"
         )
-    if not package.isidentifier() or not package.isascii():
+    if not package.isidentifier() or not package.isascii() or not package[:1].isalpha():
         found.append(
             f"package_name {package!r} is not a Python identifier: use ASCII letters, "
-            "digits and '_', not starting with a digit"
+            "digits and '_', starting with a letter"
         )
     elif keyword.iskeyword(package) or keyword.issoftkeyword(package):
         found.append(f"package_name {package!r} is a Python keyword: choose another name")
