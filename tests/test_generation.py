@@ -167,6 +167,9 @@ def test_every_python_file_compiles(rendered: Rendered) -> None:
 INVALID_ANSWERS = [
     pytest.param("package_name", "class", id="package-keyword"),
     pytest.param("project_slug", "bad slug", id="slug-with-space"),
+    pytest.param("project_name", "Two\nLines", id="name-with-a-newline"),
+    pytest.param("description", "A\ttab", id="description-with-a-tab"),
+    pytest.param("author", "Bell\x07", id="author-with-a-control-character"),
 ]
 
 
