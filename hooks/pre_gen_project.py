@@ -18,7 +18,7 @@ import sys
 RENDERED_ANSWERS = r"""{{ cookiecutter|tojson }}"""
 
 # PEP 508 names, which is what PyPI and pip accept as a distribution name.
-DISTRIBUTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE)
+DISTRIBUTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE | re.ASCII)
 
 # The free-text answers. Each lands in TOML, JSON, YAML, HTML and Markdown, escaped for each
 # (never in Python source: see about.py in the project), so any one line of text is fine.
@@ -34,7 +34,7 @@ NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\u
 # empty name is the output folder itself ("directory already exists"). It is not a valid
 # distribution name, so it is refused below, with a message that says what to do.
 NO_SLUG = "ascii-slug-needed-"
-ASCII_LETTER_OR_DIGIT = re.compile(r"[a-z0-9]", re.IGNORECASE)
+ASCII_LETTER_OR_DIGIT = re.compile(r"[a-z0-9]", re.IGNORECASE | re.ASCII)
 
 
 def text_problem(question: str, answer: str) -> str | None:

@@ -138,6 +138,7 @@ SAMPLE_ANSWERS: dict[str, list[str]] = {
         "Chat",
         'Bob "Quote" \\ {{ x }}',
         "Rocket 🚀 👩\u200d💻",
+        "\u212a",
         "日本語\u3000チャット",
         "",
         "   ",
@@ -148,7 +149,18 @@ SAMPLE_ANSWERS: dict[str, list[str]] = {
         "line\u2028break",
         "non-character\uffff",
     ],
-    "project_slug": ["chat", "chat-service", "a.b_c", "", "-chat", "chat-", "a b", "chat\n", "café"],
+    "project_slug": [
+        "chat",
+        "chat-service",
+        "a.b_c",
+        "",
+        "-chat",
+        "chat-",
+        "a b",
+        "chat\n",
+        "café",
+        "\u212aelvin",  # KELVIN SIGN, which a case-insensitive Unicode regex takes for a "k"
+    ],
     "package_name": [
         "chat",
         "chat_2",
