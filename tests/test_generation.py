@@ -215,7 +215,7 @@ NASTY_TEXT = [
     pytest.param("</script><script>alert(1)</script> <!-- &amp;", id="html"),
     pytest.param("{{ 7 * 7 }} {{ cookiecutter.project_slug }}", id="jinja-expression"),
     pytest.param("{% if true %}x{% endif %} {# c #} {% raw %}", id="jinja-statement"),
-    pytest.param("Triple \"\"\" and ''' quotes\"", id="triple-quotes"),
+    pytest.param('Triple """ and \'\'\' quotes"', id="triple-quotes"),
     pytest.param("Ｆｕｌｌ（ｗｉｄｔｈ） Чат сервис", id="confusables"),
 ]
 NASTY_SLUG = "nasty-chat"

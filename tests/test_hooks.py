@@ -108,7 +108,9 @@ def test_any_one_line_of_printable_text_is_a_free_text_answer(question: str, ans
 
 
 def test_a_blank_project_name_is_refused() -> None:
-    assert pre_gen.problems(valid_answers(project_name="  ")) == ["project_name '  ' must not be empty"]
+    assert pre_gen.problems(valid_answers(project_name="  ")) == [
+        "project_name '  ' must not be empty"
+    ]
 
 
 @pytest.mark.parametrize("slug", [pre_gen.NO_SLUG, ""])

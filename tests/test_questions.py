@@ -109,7 +109,9 @@ def test_slug_derivation_is_the_same_in_both_engines(
 
 # --- help and validation at the prompt -----------------------------------------------------
 
-COOKIECUTTER_CONFIG: dict[str, Any] = json.loads((TEMPLATE / "cookiecutter.json").read_text("utf-8"))
+COOKIECUTTER_CONFIG: dict[str, Any] = json.loads(
+    (TEMPLATE / "cookiecutter.json").read_text("utf-8")
+)
 pre_gen = load_hook("pre_gen_project")
 
 
