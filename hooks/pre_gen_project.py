@@ -21,13 +21,20 @@ RENDERED_ANSWERS = r"""{{ cookiecutter|tojson }}"""
 DISTRIBUTION_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", re.IGNORECASE | re.ASCII)
 
 # The free-text answers. Each lands in TOML, JSON, YAML, HTML and Markdown, escaped for each
-# (never in Python source: see about.py in the project), so any one line of text is fine.
+# (never in Python source: see about.py in the project), so any one line of text is fine but
+# for the two things below.
 FREE_TEXT = ("project_name", "description", "author")
 # What no escaping keeps on one line in every one of those files: control characters (line
 # breaks and tabs among them), the Unicode line and paragraph separators (YAML breaks lines at
 # them), lone surrogates (not encodable as UTF-8) and U+FFFE/U+FFFF (YAML refuses them).
 # copier.yml's validators use this very pattern; tests/test_questions.py keeps them in step.
 NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+# The start of a Jinja tag (an opening brace, then a brace, percent sign or hash; written with
+# \x7b so that cookiecutter, which renders this file, does not take it for one). Typed at a
+# prompt, such an answer renders as it is; but cruft update hands the answers back to
+# cookiecutter as extra context, which renders them as Jinja: the name would change, or
+# fail to render, on the first update. So it is refused.
+JINJA_TAG = re.compile(r"\x7b[\x7b%#]")
 
 # What the slugifier (cookiecutter.json, copier.yml) gives for a name with no ASCII letter or
 # digit, rather than "": cookiecutter creates the project folder before any hook runs, and an
@@ -44,6 +51,12 @@ def text_problem(question: str, answer: str) -> str | None:
         return (
             f"{question} {answer!r} must be one line of printable text, "
             f"without U+{ord(bad.group()):04X}"
+        )
+    tag = JINJA_TAG.search(answer)
+    if tag:
+        return (
+            f"{question} {answer!r} must not hold {tag.group()!r}: cookiecutter (and so cruft "
+            "update) renders an answer it is given back as Jinja"
         )
     if question == "project_name" and not answer.strip():
         return f"{question} {answer!r} must not be empty"

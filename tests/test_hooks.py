@@ -95,7 +95,7 @@ def test_a_free_text_answer_that_is_not_one_printable_line_is_refused(
 @pytest.mark.parametrize(
     "answer",
     [
-        'Bob "Quote" O\'Brien \\ {{ x }} {% y %} </script>',
+        'Bob "Quote" O\'Brien \\ {x} }} %} #} { { </script>',
         "Rocket 🚀 👩\u200d💻 (a zero-width joiner)",
         "日本語\u3000チャット (an ideographic space)",
         "non\u00a0breaking space",
@@ -105,6 +105,18 @@ def test_a_free_text_answer_that_is_not_one_printable_line_is_refused(
 )
 def test_any_one_line_of_printable_text_is_a_free_text_answer(question: str, answer: str) -> None:
     assert pre_gen.problems(valid_answers(**{question: answer})) == []
+
+
+@pytest.mark.parametrize("question", ["project_name", "description", "author"])
+@pytest.mark.parametrize(
+    ("answer", "tag"), [("{{ 7 * 7 }}", "{{"), ("a {% raw %}", "{%"), ("{# c #}", "{#")]
+)
+def test_a_free_text_answer_with_a_jinja_tag_is_refused(
+    question: str, answer: str, tag: str
+) -> None:
+    found = pre_gen.problems(valid_answers(**{question: answer}))
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{question} {answer!r} must not hold {tag!r}: ")
 
 
 def test_a_blank_project_name_is_refused() -> None:

@@ -138,7 +138,11 @@ def hook_validation(question: str, answers: dict[str, object]) -> list[str]:
 SAMPLE_ANSWERS: dict[str, list[str]] = {
     "project_name": [
         "Chat",
-        'Bob "Quote" \\ {{ x }}',
+        'Bob "Quote" \\ {x}',
+        "{{ x }}",
+        "{% raw %}",
+        "{# comment",
+        "}} %} #} { {",
         "Rocket 🚀 👩\u200d💻",
         "\u212a",
         "日本語\u3000チャット",
@@ -179,8 +183,8 @@ SAMPLE_ANSWERS: dict[str, list[str]] = {
         "chat\n",
         "",
     ],
-    "description": ["A chat.", "", 'Quote " and \\', "two\nlines", "bell\x07"],
-    "author": ["Ada", "", "Zoë O'Brien", "two\nlines", "del\x7f"],
+    "description": ["A chat.", "", 'Quote " and \\', "two\nlines", "bell\x07", "a {{ b }}"],
+    "author": ["Ada", "", "Zoë O'Brien", "two\nlines", "del\x7f", "{% x %}"],
 }
 
 
@@ -232,11 +236,12 @@ def test_copier_refuses_every_keyword_and_standard_module_the_hook_refuses() -> 
     assert accepted == [], "copier.yml's package_name validator must list these"
 
 
-def test_the_free_text_validators_use_the_hooks_pattern() -> None:
-    # A Jinja string literal doubles each backslash.
-    literal = pre_gen.NOT_ONE_LINE.pattern.replace("\\", "\\\\")
-    for question in pre_gen.FREE_TEXT:
-        assert literal in copier_questions()[question]["validator"]
+def test_the_free_text_validators_use_the_hooks_patterns() -> None:
+    for pattern in (pre_gen.NOT_ONE_LINE, pre_gen.JINJA_TAG):
+        # A Jinja string literal doubles each backslash.
+        literal = pattern.pattern.replace("\\", "\\\\")
+        for question in pre_gen.FREE_TEXT:
+            assert literal in copier_questions()[question]["validator"]
 
 
 def test_the_slugifier_falls_back_to_the_slug_the_hook_explains() -> None:
