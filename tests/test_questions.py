@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import keyword
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -275,3 +277,19 @@ def test_a_name_with_no_ascii_letter_renders_with_an_explicit_slug(tmp_path: Pat
     by_copier = render_copier(answers, tmp_path / "copier")
     assert rendered_names(by_cookiecutter) == ("nihongo-chat", "nihongo_chat")
     assert rendered_names(by_copier) == ("nihongo-chat", "nihongo_chat")
+
+
+def test_cookiecutter_asks_each_question_with_its_help(tmp_path: Path) -> None:
+    # Every default accepted with Enter; a wide terminal, so that no help line is wrapped.
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--default-config", str(TEMPLATE)],
+        cwd=tmp_path,
+        input="\n" * len(QUESTIONS),
+        env={**os.environ, "COLUMNS": "1000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for question in QUESTIONS:
+        assert COOKIECUTTER_CONFIG["__prompts__"][question] in result.stdout, question
