@@ -206,3 +206,39 @@ def install(project: Path) -> Path:
     python = venv / "bin" / "python"
     run([uv, "pip", "install", "--python", python, "-e", ".[dev]"], cwd=project, env=env)
     return venv / "bin"
+
+
+def typed_answer(question: str, answer: object) -> str:
+    """What a user types at cookiecutter's prompt for `answer` ("" keeps the default)."""
+    default = QUESTIONS[question]
+    if isinstance(default, bool):
+        return "y" if answer else "n"
+    if isinstance(default, list):
+        return str(default.index(answer) + 1)
+    return str(answer)
+
+
+def render_cookiecutter_typed(answers: Mapping[str, object], output_dir: Path) -> Path:
+    """Render with cookiecutter's command line, typing each answer at its prompt.
+
+    This is how a person answers, and it differs from `extra_context`: cookiecutter renders an
+    extra-context value as Jinja before using it (so `{{ 7 * 7 }}` given that way arrives as
+    "49", by the engine's design), whereas a typed answer is taken as it is.
+    """
+    lines = [typed_answer(name, answers[name]) if name in answers else "" for name in QUESTIONS]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    before = set(output_dir.iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--default-config", str(TEMPLATE)],
+        cwd=output_dir,
+        input="".join(f"{line}\n" for line in lines),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise CommandFailed(f"cookiecutter exited {result.returncode}:\n{result.stdout}")
+    (project,) = set(output_dir.iterdir()) - before
+    return project

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import py_compile
 import re
+import tomllib
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import yaml
+from markdown_it import MarkdownIt
 from rendering import (
     COMBINATIONS,
     QUESTIONS,
     Combination,
+    CommandFailed,
     load_hook,
     render_cookiecutter,
+    render_cookiecutter_typed,
     render_copier,
 )
 
@@ -160,6 +168,9 @@ def test_every_python_file_compiles(rendered: Rendered) -> None:
 INVALID_ANSWERS = [
     pytest.param("package_name", "class", id="package-keyword"),
     pytest.param("project_slug", "bad slug", id="slug-with-space"),
+    pytest.param("project_name", "Two\nLines", id="name-with-a-newline"),
+    pytest.param("description", "A\ttab", id="description-with-a-tab"),
+    pytest.param("author", "Bell\x07", id="author-with-a-control-character"),
 ]
 
 
@@ -187,3 +198,142 @@ def test_copier_refuses_an_invalid_answer_and_leaves_nothing(
     message = str(failure.value) + capfd.readouterr().err
     assert f"{question} {answer!r}" in message
     assert not dest.exists()
+
+
+# --- free-text answers ---------------------------------------------------------------------
+
+# Answers that break naive templating. Each is given as the project name, the description and
+# the author at once; every one must render, identically with both engines, into a project whose
+# every file still parses and which carries the answer verbatim.
+NASTY_TEXT = [
+    pytest.param('Bob "Quote" Service', id="double-quotes"),
+    pytest.param("O'Brien's Chat", id="apostrophes"),
+    pytest.param("C:\\new\\table \\", id="backslashes"),
+    pytest.param("{braces} {0} %s ${HOME} }} %} #} { {", id="braces"),
+    pytest.param("Café Crème Brûlée", id="accents"),
+    pytest.param("日本語 Chat チャット", id="cjk"),
+    pytest.param("Rocket 🚀 Chat 👩‍💻", id="emoji"),
+    pytest.param("</script><script>alert(1)</script> <!-- &amp;", id="html"),
+    pytest.param('Triple """ and \'\'\' quotes"', id="triple-quotes"),
+    pytest.param("Ｆｕｌｌ（ｗｉｄｔｈ） Чат сервис", id="confusables"),
+]
+NASTY_SLUG = "nasty-chat"
+# The demo page's own: client.js and the inline script that drives it.
+DEMO_PAGE_SCRIPTS = 2
+
+
+def nasty_answers(text: str) -> dict[str, object]:
+    return {
+        "project_name": text,
+        "project_slug": NASTY_SLUG,
+        "description": text,
+        "author": text,
+    }
+
+
+class Page(HTMLParser):
+    """The demo page's <title> and <h1> text, and how many <script> elements it has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: dict[str, str] = {}
+        self.scripts = 0
+        self._open: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._open = tag
+        self.scripts += tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open in ("title", "h1"):
+            self.text[self._open] = self.text.get(self._open, "") + data
+
+
+def parse_every_file(project: Path) -> None:
+    """Compile every .py, parse every .toml, .yml/.yaml and .json: each raises on bad syntax."""
+    for path in sorted(project.rglob("*")):
+        if ".venv" in path.parts or not path.is_file():
+            continue
+        if path.suffix == ".py":
+            py_compile.compile(str(path), cfile=str(path) + "c-check", doraise=True)
+            Path(str(path) + "c-check").unlink()
+        elif path.suffix == ".toml":
+            tomllib.loads(path.read_text("utf-8"))
+        elif path.suffix in (".yml", ".yaml"):
+            yaml.safe_load(path.read_text("utf-8"))
+        elif path.suffix == ".json":
+            json.loads(path.read_text("utf-8"))
+
+
+def assert_carries_the_answer(project: Path, text: str) -> None:
+    """The answer arrives verbatim where it is data, and as plain text where it is markup."""
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text("utf-8"))
+    assert pyproject["project"]["description"] == text
+    assert pyproject["project"]["authors"] == [{"name": text}]
+    (package,) = [path for path in (project / "src").iterdir() if path.is_dir()]
+    about = json.loads((package / "about.json").read_text("utf-8"))
+    assert about == {"name": text, "description": text}
+    # The answer is data the service reads, never Python source that ruff would lint or
+    # reformat (a quote flips ruff's quote style, a fullwidth letter is RUF001).
+    for path in project.rglob("*.py"):
+        assert text not in path.read_text("utf-8"), f"{path} holds the answer as source"
+
+    page = Page()
+    page.feed((package / "static" / "index.html").read_text("utf-8"))
+    assert page.text == {"title": text, "h1": text}
+    assert page.scripts == DEMO_PAGE_SCRIPTS, "an answer must not add a <script> to the demo page"
+
+    title, _, description = (project / "README.md").read_text("utf-8").split("\n")[:3]
+    tokens = MarkdownIt("commonmark").parse(f"{title}\n\n{description}\n")
+    assert [token.type for token in tokens][:3] == ["heading_open", "inline", "heading_close"]
+    raw_html = [
+        child.content
+        for token in tokens
+        for child in [token, *(token.children or [])]
+        if child.type in ("html_inline", "html_block")
+    ]
+    assert raw_html == [], "an answer must not inject HTML into the README"
+
+
+@pytest.mark.parametrize("text", NASTY_TEXT)
+def test_any_printable_answer_renders_a_project_that_parses(text: str, tmp_path: Path) -> None:
+    answers = nasty_answers(text)
+    by_cookiecutter = render_cookiecutter_typed(answers, tmp_path / "cookiecutter")
+    by_copier = render_copier(answers, tmp_path / "copier")
+
+    for project in (by_cookiecutter, by_copier):
+        parse_every_file(project)
+        assert_carries_the_answer(project, text)
+    copier_answers = yaml.safe_load((by_copier / COPIER_ANSWERS_FILE).read_text("utf-8"))
+    assert copier_answers["project_name"] == text
+
+    by_cookiecutter_files, by_copier_files = files(by_cookiecutter), files(by_copier)
+    del by_copier_files[COPIER_ANSWERS_FILE]
+    by_cookiecutter_files.pop(SECRET_FILE, None)
+    by_copier_files.pop(SECRET_FILE, None)
+    assert by_cookiecutter_files == by_copier_files
+
+
+JINJA_ANSWERS = [
+    pytest.param("{{ 7 * 7 }} {{ cookiecutter.project_slug }}", id="expression"),
+    pytest.param("{% if true %}x{% endif %} {% raw %}", id="statement"),
+    pytest.param("Chat {# note #}", id="comment"),
+]
+
+
+@pytest.mark.parametrize("text", JINJA_ANSWERS)
+def test_an_answer_with_a_jinja_tag_is_refused_by_both_engines(text: str, tmp_path: Path) -> None:
+    """Neither engine evaluates a typed answer, but cruft update gives cookiecutter the answers
+    back as extra context, which it renders as Jinja: the name would change at the first update
+    (`{{ 7 * 7 }}` becomes "49") or fail to render. So both refuse it, before writing anything."""
+    with pytest.raises(CommandFailed) as by_cookiecutter:
+        render_cookiecutter_typed(nasty_answers(text), tmp_path / "cookiecutter")
+    assert f"project_name {text!r} must not hold" in str(by_cookiecutter.value)
+    assert list((tmp_path / "cookiecutter").iterdir()) == []
+
+    with pytest.raises(ValueError, match=re.escape(f"project_name {text!r} must not hold")):
+        render_copier(nasty_answers(text), tmp_path / "copier")
+    assert not (tmp_path / "copier").exists()

@@ -64,6 +64,98 @@ def test_each_invalid_answer_gives_one_message_naming_it(question: str, answer: 
     assert repr(answer) in found[0]
 
 
+@pytest.mark.parametrize("question", ["project_name", "description", "author"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "two\nlines",
+        "carriage\rreturn",
+        "a\ttab",
+        "nul\x00",
+        "bell\x07",
+        "delete\x7f",
+        "c1 control\x85",
+        "line\u2028separator",
+        "paragraph\u2029separator",
+        "lone \ud800 surrogate",
+        "non-character \ufffe",
+    ],
+)
+def test_a_free_text_answer_that_is_not_one_printable_line_is_refused(
+    question: str, answer: str
+) -> None:
+    found = pre_gen.problems(valid_answers(**{question: answer}))
+    assert found == [
+        f"{question} {answer!r} must be one line of printable text, "
+        f"without U+{ord(pre_gen.NOT_ONE_LINE.search(answer).group()):04X}"
+    ]
+
+
+@pytest.mark.parametrize("question", ["project_name", "description", "author"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'Bob "Quote" O\'Brien \\ {x} }} %} #} { { </script>',
+        "Rocket 🚀 👩\u200d💻 (a zero-width joiner)",
+        "日本語\u3000チャット (an ideographic space)",
+        "non\u00a0breaking space",
+        "עברית ‏mark",
+        "Ｆｕｌｌ（ｗｉｄｔｈ）",
+    ],
+)
+def test_any_one_line_of_printable_text_is_a_free_text_answer(question: str, answer: str) -> None:
+    assert pre_gen.problems(valid_answers(**{question: answer})) == []
+
+
+@pytest.mark.parametrize("question", ["project_name", "description", "author"])
+@pytest.mark.parametrize(
+    ("answer", "tag"), [("{{ 7 * 7 }}", "{{"), ("a {% raw %}", "{%"), ("{# c #}", "{#")]
+)
+def test_a_free_text_answer_with_a_jinja_tag_is_refused(
+    question: str, answer: str, tag: str
+) -> None:
+    found = pre_gen.problems(valid_answers(**{question: answer}))
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{question} {answer!r} must not hold {tag!r}: ")
+
+
+def test_a_blank_project_name_is_refused() -> None:
+    assert pre_gen.problems(valid_answers(project_name="  ")) == [
+        "project_name '  ' must not be empty"
+    ]
+
+
+@pytest.mark.parametrize("slug", [pre_gen.NO_SLUG, ""])
+def test_a_name_with_no_ascii_letter_or_digit_asks_for_a_slug(slug: str) -> None:
+    answers = valid_answers(
+        project_name="日本語 チャット", project_slug=slug, package_name=slug.replace("-", "_")
+    )
+    found = [line for line in pre_gen.problems(answers) if line.startswith("project_slug")]
+    assert len(found) == 1, found
+    assert "'日本語 チャット' has no ASCII letter or digit" in found[0]
+    assert "answer project_slug yourself" in found[0]
+
+
+def test_the_no_slug_fallback_is_refused_but_its_package_name_is_not() -> None:
+    """The fallback is meant to be refused once, on the slug, so the user reads one line."""
+    assert not pre_gen.DISTRIBUTION_NAME.fullmatch(pre_gen.NO_SLUG)
+    package = pre_gen.NO_SLUG.replace("-", "_")
+    found = pre_gen.problems(valid_answers(project_slug="ok", package_name=package))
+    assert found == []
+
+
+def test_a_name_with_no_ascii_letter_keeps_an_explicit_slug() -> None:
+    answers = valid_answers(project_name="日本語 チャット", project_slug="nihongo-chat")
+    assert pre_gen.problems(answers) == []
+
+
+@pytest.mark.parametrize("question", ["project_slug", "package_name"])
+def test_a_name_with_a_trailing_newline_is_refused(question: str) -> None:
+    found = pre_gen.problems(valid_answers(**{question: "chat\n"}))
+    assert len(found) == 1, found
+    assert f"{question} 'chat\\n'" in found[0]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     found = pre_gen.problems(valid_answers(project_slug="bad slug", package_name="class"))
     assert len(found) == 2, found

@@ -16,6 +16,7 @@ from rendering import (
     CommandFailed,
     install,
     render_cookiecutter,
+    render_cookiecutter_typed,
     run,
 )
 
@@ -83,4 +84,32 @@ def test_pre_commit_passes_on_the_default_project(tmp_path: Path) -> None:
     assert git_ignores(project, ".venv/", env), "the generated .gitignore must ignore .venv/"
     run(["git", "add", "-A"], cwd=project, env=env)
     failures = failed_checks(project, bin_dir, [["pre-commit", "run", "--all-files"]])
+    assert not failures, "\n\n".join(failures)
+
+
+# Every kind of answer that once broke a rendered file, in one: quotes of both kinds (which flip
+# ruff's quote style), backslashes, braces, HTML, a fullwidth letter (ruff's RUF001),
+# accents, CJK and an emoji made of several code points.
+HOSTILE_TEXT = 'Bob "Quote" O\'Brien \\ {x} }} %} #} </script><!-- Ｆｕｌｌ Café 日本語 👩\u200d💻'
+
+
+@pytest.mark.matrix
+@pytest.mark.timeout(1200)
+def test_a_project_with_hostile_answers_passes_its_own_checks(tmp_path: Path) -> None:
+    # The smallest combination (its checks are the quickest): the answers reach the same files
+    # in every combination.
+    answers = {
+        "use_rooms": False,
+        "use_redis": False,
+        "use_sse": False,
+        "use_heartbeats": False,
+        "auth": "none",
+        "project_name": HOSTILE_TEXT,
+        "project_slug": "hostile-answers",
+        "description": HOSTILE_TEXT,
+        "author": HOSTILE_TEXT,
+    }
+    project = render_cookiecutter_typed(answers, tmp_path)
+    bin_dir = install(project)
+    failures = failed_checks(project, bin_dir, CHECKS)
     assert not failures, "\n\n".join(failures)

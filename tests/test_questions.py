@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import keyword
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from rendering import QUESTIONS, TEMPLATE, render_cookiecutter, render_copier
+from jinja2.sandbox import SandboxedEnvironment
+from rendering import (
+    QUESTIONS,
+    TEMPLATE,
+    CommandFailed,
+    load_hook,
+    render_cookiecutter,
+    render_copier,
+    run,
+)
 
 COPIER_CONFIG: dict[str, Any] = yaml.safe_load((TEMPLATE / "copier.yml").read_text("utf-8"))
 
@@ -94,3 +107,189 @@ def test_slug_derivation_is_the_same_in_both_engines(
     assert by_cookiecutter.name == slug
     assert rendered_names(by_cookiecutter) == (slug, package)
     assert rendered_names(by_copier) == (slug, package)
+
+
+# --- help and validation at the prompt -----------------------------------------------------
+
+COOKIECUTTER_CONFIG: dict[str, Any] = json.loads(
+    (TEMPLATE / "cookiecutter.json").read_text("utf-8")
+)
+pre_gen = load_hook("pre_gen_project")
+
+
+@pytest.mark.parametrize("question", list(QUESTIONS))
+def test_cookiecutter_shows_the_same_help_as_copier(question: str) -> None:
+    prompts = COOKIECUTTER_CONFIG["__prompts__"]
+    assert prompts[question] == copier_questions()[question]["help"]
+
+
+def copier_validation(question: str, answers: dict[str, object]) -> str:
+    """What copier says of `answers[question]`: its validator rendered the way copier renders it
+    (a sandboxed Jinja environment with the Ansible filters), "" when the answer is fine."""
+    environment = SandboxedEnvironment(
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"]
+    )
+    validator = copier_questions()[question].get("validator", "")
+    return environment.from_string(validator).render(**answers).strip()
+
+
+def hook_validation(question: str, answers: dict[str, object]) -> list[str]:
+    return [line for line in pre_gen.problems(answers) if line.startswith(f"{question} ")]
+
+
+SAMPLE_ANSWERS: dict[str, list[str]] = {
+    "project_name": [
+        "Chat",
+        'Bob "Quote" \\ {x}',
+        "{{ x }}",
+        "{% raw %}",
+        "{# comment",
+        "}} %} #} { {",
+        "Rocket 🚀 👩\u200d💻",
+        "\u212a",
+        "日本語\u3000チャット",
+        "",
+        "   ",
+        "two\nlines",
+        "tab\there",
+        "nul\x00",
+        "c1\x9b",
+        "line\u2028break",
+        "non-character\uffff",
+    ],
+    "project_slug": [
+        "chat",
+        "chat-service",
+        "a.b_c",
+        "",
+        "-chat",
+        "chat-",
+        "a b",
+        "chat\n",
+        "café",
+        "\u212aelvin",  # KELVIN SIGN, which a case-insensitive Unicode regex takes for a "k"
+    ],
+    "package_name": [
+        "chat",
+        "chat_2",
+        "_",
+        "_chat",
+        "class",
+        "match",
+        "json",
+        "asyncio",
+        "My_Pkg",
+        "my-pkg",
+        "1abc",
+        "café",
+        "chat\n",
+        "",
+    ],
+    "description": ["A chat.", "", 'Quote " and \\', "two\nlines", "bell\x07", "a {{ b }}"],
+    "author": ["Ada", "", "Zoë O'Brien", "two\nlines", "del\x7f", "{% x %}"],
+}
+
+
+def sample_cases() -> list[Any]:
+    return [
+        pytest.param(question, answer, id=f"{question}-{answer!r}")
+        for question, answers in SAMPLE_ANSWERS.items()
+        for answer in answers
+    ]
+
+
+def hook_answers(**changes: object) -> dict[str, object]:
+    answers: dict[str, object] = {
+        "project_name": "Chat",
+        "project_slug": "chat",
+        "package_name": "chat",
+        "description": "A chat.",
+        "author": "Ada",
+    }
+    return answers | changes
+
+
+@pytest.mark.parametrize(("question", "answer"), sample_cases())
+def test_copier_refuses_at_its_prompt_exactly_what_the_hook_refuses(
+    question: str, answer: str
+) -> None:
+    answers = hook_answers(**{question: answer})
+    by_copier = copier_validation(question, answers)
+    by_hook = hook_validation(question, answers)
+    assert bool(by_copier) == bool(by_hook), (by_copier, by_hook)
+    if by_hook:
+        # Both name the question and the answer the same way.
+        assert by_copier.startswith(f"{question} {answer!r}")
+        assert by_hook[0].startswith(f"{question} {answer!r}")
+
+
+def test_copier_refuses_every_keyword_and_standard_module_the_hook_refuses() -> None:
+    names = {
+        name
+        for name in [*keyword.kwlist, *keyword.softkwlist, *sys.stdlib_module_names]
+        if re.fullmatch("[a-z][a-z0-9_]*", name)
+    }
+    accepted = [
+        name
+        for name in sorted(names)
+        if hook_validation("package_name", hook_answers(package_name=name))
+        and not copier_validation("package_name", hook_answers(package_name=name))
+    ]
+    assert accepted == [], "copier.yml's package_name validator must list these"
+
+
+def test_the_free_text_validators_use_the_hooks_patterns() -> None:
+    for pattern in (pre_gen.NOT_ONE_LINE, pre_gen.JINJA_TAG):
+        # A Jinja string literal doubles each backslash.
+        literal = pattern.pattern.replace("\\", "\\\\")
+        for question in pre_gen.FREE_TEXT:
+            assert literal in copier_questions()[question]["validator"]
+
+
+def test_the_slugifier_falls_back_to_the_slug_the_hook_explains() -> None:
+    for default in (QUESTIONS["project_slug"], copier_questions()["project_slug"]["default"]):
+        assert f"or '{pre_gen.NO_SLUG}'" in str(default)
+
+
+NO_ASCII_NAME = "日本語 チャット"
+
+
+def test_cookiecutter_asks_for_a_slug_when_the_name_has_no_ascii_letter(tmp_path: Path) -> None:
+    # The command line in a folder that exists, as a user runs it: before the fallback, the
+    # empty slug named that folder itself ("directory already exists").
+    command = [sys.executable, "-m", "cookiecutter", "--no-input", "--default-config"]
+    with pytest.raises(CommandFailed) as failure:
+        run([*command, TEMPLATE, f"project_name={NO_ASCII_NAME}"], cwd=tmp_path)
+    assert f"the project_name {NO_ASCII_NAME!r} has no ASCII letter or digit" in str(failure.value)
+    assert "already exists" not in str(failure.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_copier_asks_for_a_slug_when_the_name_has_no_ascii_letter(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="has no ASCII letter or digit to make a slug of"):
+        render_copier({"project_name": NO_ASCII_NAME}, tmp_path / "project")
+    assert not (tmp_path / "project").exists()
+
+
+def test_a_name_with_no_ascii_letter_renders_with_an_explicit_slug(tmp_path: Path) -> None:
+    answers = {"project_name": NO_ASCII_NAME, "project_slug": "nihongo-chat"}
+    by_cookiecutter = render_cookiecutter(answers, tmp_path / "cookiecutter")
+    by_copier = render_copier(answers, tmp_path / "copier")
+    assert rendered_names(by_cookiecutter) == ("nihongo-chat", "nihongo_chat")
+    assert rendered_names(by_copier) == ("nihongo-chat", "nihongo_chat")
+
+
+def test_cookiecutter_asks_each_question_with_its_help(tmp_path: Path) -> None:
+    # Every default accepted with Enter; a wide terminal, so that no help line is wrapped.
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--default-config", str(TEMPLATE)],
+        cwd=tmp_path,
+        input="\n" * len(QUESTIONS),
+        env={**os.environ, "COLUMNS": "1000"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for question in QUESTIONS:
+        assert COOKIECUTTER_CONFIG["__prompts__"][question] in result.stdout, question

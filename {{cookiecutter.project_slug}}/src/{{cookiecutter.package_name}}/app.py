@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette import status
 
 from . import __version__
+from .about import DESCRIPTION, NAME
 {%- if cookiecutter.auth == "query_token" %}
 from .auth_token import TokenAuth
 {%- elif cookiecutter.auth == "cookie" %}
@@ -150,7 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
 
     app = RealtimeApp(
-        title="{{ cookiecutter.project_name }}",
+        title=NAME,
+        description=DESCRIPTION,
         version=__version__,
         lifespan=lifespan,
     )

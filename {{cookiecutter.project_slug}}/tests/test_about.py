@@ -1,0 +1,17 @@
+"""The project's name and description reach the API as the text they were answered with."""
+
+from __future__ import annotations
+
+from {{ cookiecutter.package_name }}.about import DESCRIPTION, NAME
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+
+def test_the_api_is_titled_and_described_from_about_json() -> None:
+    app = create_app(Settings())
+    assert (app.title, app.description) == (NAME, DESCRIPTION)
+
+
+def test_the_name_and_description_are_one_line_of_text() -> None:
+    assert NAME.strip()
+    assert "\n" not in NAME + DESCRIPTION
