@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "plot", "summarize", "table"]
+__all__ = ["METRICS", "compare_summary", "compare_table", "plot", "summarize", "table"]
 
 SERVICE, BASELINES = "service", ("textbook", "raw")
 REDIS = "service-redis"
@@ -240,7 +240,8 @@ def describe_answers(answers: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _header(meta: dict[str, Any]) -> list[str]:
+    """The machine, the versions, the date and the answers the projects were rendered with."""
     m, v = meta["machine"], meta["versions"]
     runs = meta["config"]["runs"]
     # results.json written before the answers were recorded has none: no line for them then.
@@ -259,6 +260,11 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             + ".",
             "",
         ]
+    return lines
+
+
+def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = _header(meta)
     lines += [
         "Median over the runs (min–max in brackets); ratios are computed within each run, then "
         "their median is shown.",
@@ -293,8 +299,130 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """One bar chart per figure: the three servers' medians with min–max error bars."""
+# --- two projects side by side (run.py --compare) ------------------------------------------
+
+# Figures with no better direction: how busy the server was, how many stalled clients it closed
+# (S: none need be; S-fill: each, once its queue is full) are context, not a score.
+NEUTRAL = {"server_busy_pct", "stalled_closed"}
+
+
+def redis_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """The R workloads actually run: fanout figures for R<N>x<servers>, latency for RL."""
+    found: list[tuple[str, str, str, bool]] = []
+    names = dict.fromkeys(r["workload"] for r in rows if r["workload"].startswith("R"))
+    for workload in names:
+        if workload == "RL":
+            found.append((workload, "p50_ms", "RL (L through Redis): p50 (ms)", True))
+            found.append((workload, "p99_ms", "RL (L through Redis): p99 (ms)", True))
+            continue
+        n, servers = workload[1:].split("x")
+        where = f"R N={int(n):,}, {servers} server(s)"
+        found.append((workload, "cpu_us_per_delivery", f"{where}: CPU per delivery (µs)", True))
+        found.append((workload, "deliveries_per_s", f"{where}: deliveries/s", False))
+    return found
+
+
+def _label_target(label: str, workload: str) -> str:
+    """Whose rows a project's figure is: an R workload ran on its Redis variant."""
+    return f"{label}-redis" if workload.startswith("R") else label
+
+
+def _verdict(old: list[float], new: list[float], lower: bool, metric: str) -> str:
+    """worse / better only when the two min–max ranges do not overlap, over three runs at least
+    (the range of one or two runs says little about the spread)."""
+    if metric in NEUTRAL or len(old) < 3 or len(new) < 3:
+        return "–"
+    if max(new) < min(old):
+        return "better" if lower else "worse"
+    if min(new) > max(old):
+        return "worse" if lower else "better"
+    return "within spread"
+
+
+def compare_figures(rows: list[dict[str, Any]], old: str, new: str) -> list[dict[str, Any]]:
+    """Each figure for both projects: the per-run values, the same-run ratios new/old, and
+    whether new is worse, better or within the run-to-run spread."""
+    figures = []
+    for workload, metric, label, lower in metrics_in(rows) + redis_metrics(rows):
+        before = _values(rows, _label_target(old, workload), workload, metric)
+        after = _values(rows, _label_target(new, workload), workload, metric)
+        if not before and not after:
+            continue
+        ratios = [after[run] / before[run] for run in after if before.get(run)]
+        figures.append(
+            {
+                "workload": workload,
+                "metric": metric,
+                "label": label,
+                "lower_is_better": lower,
+                "old": sorted(before.values()),
+                "new": sorted(after.values()),
+                "ratios": sorted(ratios),
+                "verdict": _verdict(list(before.values()), list(after.values()), lower, metric),
+            }
+        )
+    return figures
+
+
+def compare_table(rows: list[dict[str, Any]], old: str, new: str) -> str:
+    """The markdown table: old, new, new / old, the verdict, then any baseline measured too."""
+    ours = {old, new, f"{old}-redis", f"{new}-redis"}
+    extra = sorted({r["target"] for r in rows} - ours)
+    lines = [
+        f"| figure | {old} | {new} | {new} / {old} | verdict |" + "".join(f" {e} |" for e in extra),
+        "| --- | ---: | ---: | ---: | --- |" + " ---: |" * len(extra),
+    ]
+    for figure in compare_figures(rows, old, new):
+        arrow = "" if figure["metric"] in NEUTRAL else " ↓" if figure["lower_is_better"] else " ↑"
+        cells = [_cell(figure["old"]), _cell(figure["new"]), _cell(figure["ratios"])]
+        lines.append(
+            f"| {figure['label']}{arrow} | {' | '.join(cells)} | {figure['verdict']} |"
+            + "".join(
+                f" {_cell(sorted(_values(rows, e, figure['workload'], figure['metric']).values()))} |"
+                for e in extra
+            )
+        )
+    return "\n".join(lines)
+
+
+def compare_summary(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    old, new = meta["compare"]["old"], meta["compare"]["new"]
+    lines = _header(meta)
+    lines += [
+        f"Compared: {old} = {meta['projects'][old]}; {new} = {meta['projects'][new]}.",
+        "",
+    ]
+    versions = meta.get("project_versions", {})
+    if versions and versions.get(old) != versions.get(new):
+        lines += [
+            "Library versions differ: "
+            + "; ".join(
+                f"{label}: " + ", ".join(f"{k} {v}" for k, v in versions[label].items())
+                for label in (old, new)
+            )
+            + ".",
+            "",
+        ]
+    lines += [
+        (
+            "Median over the runs (min–max in brackets). Within each run every workload measures "
+            f"{old} and {new} back to back (the order flips from run to run); {new} / {old} is "
+            "computed within each run, then its median shown. ↓ lower is better, ↑ higher is "
+            f"better; verdict: worse or better when the min–max ranges of {old} and {new} do "
+            "not overlap (three runs at least), else within spread."
+        ),
+        "",
+        compare_table(rows, old, new),
+        "",
+    ]
+    if meta["redis"].get("note"):
+        lines += [meta["redis"]["note"], ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, order: list[str] | None = None) -> None:
+    """One bar chart per figure: each server's median with min–max error bars (the servers in
+    `order`, by default the service, the baselines and then the others)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,11 +443,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         "textbook": "#c0504d",
         "raw": "#7f7f7f",
         "textbook-nodeflate": "#e8a33d",
+        "old": "#9fb7cc",
+        "new": "#2a7ab9",
     }
     extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
+    order = order or [SERVICE, *BASELINES, *extra]
     for ax, (workload, metric, label, lower) in zip(axes.flat, shown, strict=False):
         names, medians, low, high = [], [], [], []
-        for target in (SERVICE, *BASELINES, *extra):
+        for target in order:
             values = list(_values(rows, target, workload, metric).values())
             if not values:
                 continue

@@ -68,3 +68,55 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
     # R runs when the template has a Redis option, and says so when it has none.
     assert "R: not available" in summary or "R1" in summary or "R2" in summary
     assert (out / "results.png").stat().st_size > 1000
+
+
+def test_compare_mode_measures_two_projects_side_by_side(tmp_path: Path) -> None:
+    """--compare REV: the template at REV (old) and the working tree (new), rendered with the
+    same answers, every selected workload measured for both in the same run."""
+    out = tmp_path / "compare"
+    result = subprocess.run(
+        [
+            *(sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick"),
+            *("--compare", "HEAD", "--only", "F,L,S", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=840,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    meta, rows = results["meta"], results["rows"]
+    assert meta["compare"] == {"old": "old", "new": "new"}
+    assert meta["projects"]["old"].startswith("HEAD: "), meta["projects"]
+    assert meta["answers"]["old"] == meta["answers"]["new"]
+    assert meta["answers"]["new"]["auth"] == "query_token"
+    # Only the workloads asked for, each for both projects and nothing else.
+    workloads = {row["workload"] for row in rows}
+    assert workloads == {w for w in workloads if w.startswith("F")} | {"L", "S"}, workloads
+    assert sorted((row["workload"], row["target"]) for row in rows) == sorted(
+        (workload, target) for workload in workloads for target in ("old", "new")
+    )
+    for row in rows:
+        if row["workload"].startswith("F"):
+            assert row["deliveries"] == row["sent"] * (row["subscribers"] + 1), row
+        else:
+            assert row["received"] == row["expected"] > 0, row
+    # The same-run ratio new/old of every speed and latency figure is a finite, positive number
+    # (CPU per delivery is left out: psutil counts in 10 ms ticks, a quick run can spend none).
+    figures = {(f["workload"], f["metric"]): f for f in results["comparison"]}
+    wanted = [(w, "deliveries_per_s") for w in workloads if w.startswith("F")]
+    wanted += [("L", "p50_ms"), ("L", "p99_ms"), ("S", "p99_ms")]
+    for key in wanted:
+        figure = figures[key]
+        assert len(figure["old"]) == len(figure["new"]) == len(figure["ratios"]) == 1, figure
+        assert all(math.isfinite(r) and r > 0 for r in figure["ratios"]), figure
+    summary = (out / "results.md").read_text()
+    assert "| figure | old | new | new / old | verdict |" in summary, summary
+    assert "Compared: old = HEAD: " in summary, summary
+    table = [line for line in summary.splitlines() if line.startswith("| L ")]
+    assert table, summary
+    for line in table:
+        old, new, ratio = (cell.strip() for cell in line.split("|")[2:5])
+        assert all(math.isfinite(float(cell.replace(",", ""))) for cell in (old, new, ratio)), line
