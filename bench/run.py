@@ -556,6 +556,51 @@ def machine() -> dict[str, Any]:
     }
 
 
+def choose_targets(
+    names: str | None, services: list[Target], others: list[Target], compare: bool
+) -> list[Target]:
+    """The servers --targets names; by default the service and the two baselines, or, with two
+    projects, just those two."""
+    chosen = (
+        names.split(",")
+        if names
+        else [s.name for s in services]
+        if compare
+        else ["service", "textbook", "raw"]
+    )
+    available = [*services, *others]
+    unknown = set(chosen) - {t.name for t in available}
+    if unknown:
+        raise SystemExit(f"--targets: unknown {', '.join(sorted(unknown))}")
+    return [t for t in available if t.name in chosen]
+
+
+def run_all(
+    config: Config,
+    selected: list[Workload],
+    targets: list[Target],
+    variants: list[Target],
+    logs: Path,
+) -> list[dict[str, Any]]:
+    """Every run: each workload measures every target in turn (its Redis variants for R), so
+    that machine noise hits them alike; the order flips from run to run, so none always goes
+    first."""
+    rows: list[dict[str, Any]] = []
+    for run in range(1, config.runs + 1):
+        order = 1 if run % 2 else -1
+        for workload in selected:
+            for target in (variants if workload.redis else targets)[::order]:
+                metrics = measure(target, workload, config, logs)
+                rows.append(
+                    {"run": run, "target": target.name, "workload": workload.name, **metrics}
+                )
+                shown = {
+                    k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
+                }
+                print(f"run {run} {target.name:13} {workload.name:6} {shown}", flush=True)
+    return rows
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -873,7 +918,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     # One signing secret per invocation, shared by every project and its Redis variant.
     secret = secrets.token_urlsafe(32)
-    rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         projects = projects_to_measure(args, stack)
         compare = len(projects) == 2
@@ -893,18 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             redis["note"] += " (no use_redis question, or a given project without Redis)"
         redis["available"] = bool(variants)
         python = Path(services[-1].argv[0])
-        names = (
-            args.targets.split(",")
-            if args.targets
-            else [s.name for s in services]
-            if compare
-            else ["service", "textbook", "raw"]
-        )
-        available = [*services, *baselines(python)]
-        unknown = set(names) - {t.name for t in available}
-        if unknown:
-            raise SystemExit(f"--targets: unknown {', '.join(sorted(unknown))}")
-        targets = [t for t in available if t.name in names]
+        targets = choose_targets(args.targets, services, baselines(python), compare)
         needing_redis = [t for t in [*targets, *variants] if t.uses_redis]
         if needing_redis:
             url = stack.enter_context(redis_server(needing_redis[-1], logs / "redis"))
@@ -927,20 +960,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["compare"] = {"old": services[0].name, "new": services[1].name}
             meta["project_versions"] = {s.name: versions(Path(s.argv[0])) for s in services}
 
-        for run in range(1, config.runs + 1):
-            # Each workload measures every target in turn, so that machine noise hits them alike;
-            # the order flips from run to run, so that none always goes first.
-            order = 1 if run % 2 else -1
-            for workload in selected:
-                for target in (variants if workload.redis else targets)[::order]:
-                    metrics = measure(target, workload, config, logs)
-                    rows.append(
-                        {"run": run, "target": target.name, "workload": workload.name, **metrics}
-                    )
-                    shown = {
-                        k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
-                    }
-                    print(f"run {run} {target.name:13} {workload.name:6} {shown}", flush=True)
+        rows = run_all(config, selected, targets, variants, logs)
     meta["seconds"] = round(time.time() - started, 1)
     results: dict[str, Any] = {"meta": meta, "rows": rows}
     if compare:

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rendering import TEMPLATE
@@ -19,10 +20,10 @@ from rendering import TEMPLATE
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
+def run_quick_bench(out: Path, *args: str) -> dict[str, Any]:
+    """bench/run.py --quick with `args`, writing into `out`; its results.json."""
     result = subprocess.run(
-        [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(out), *args],
         capture_output=True,
         text=True,
         timeout=840,
@@ -30,7 +31,13 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    results = json.loads((out / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    results = run_quick_bench(out)
     rows = results["rows"]
     # The service is measured with every feature on, authentication included: its clients
     # connected with a token (the counts below add up only if they were let in).
@@ -74,19 +81,7 @@ def test_compare_mode_measures_two_projects_side_by_side(tmp_path: Path) -> None
     """--compare REV: the template at REV (old) and the working tree (new), rendered with the
     same answers, every selected workload measured for both in the same run."""
     out = tmp_path / "compare"
-    result = subprocess.run(
-        [
-            *(sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick"),
-            *("--compare", "HEAD", "--only", "F,L,S", "--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=840,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    results = json.loads((out / "results.json").read_text())
+    results = run_quick_bench(out, "--compare", "HEAD", "--only", "F,L,S")
     meta, rows = results["meta"], results["rows"]
     assert meta["compare"] == {"old": "old", "new": "new"}
     assert meta["projects"]["old"].startswith("HEAD: "), meta["projects"]
