@@ -103,9 +103,11 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
             (workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True)
         )
         found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
-        found.append((workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)",
-                      False))
+        found.append(
+            (workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)", False)
+        )
     found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
+    found += sse_metrics(rows)
     levels = sorted(
         {
             int(k.rsplit("_", 1)[1])
@@ -120,6 +122,41 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
             ("I", f"kb_per_conn_{level}", f"I: memory per idle connection at {level:,} (KB)", True)
         )
     return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+
+
+def sse_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """E: the F, L and I figures with SSE subscribers, at the sizes actually run."""
+    found: list[tuple[str, str, str, bool]] = []
+    fanouts = sorted(
+        {r["workload"] for r in rows if r["workload"][0] == "E" and r["workload"][1:].isdigit()},
+        key=lambda w: int(w[1:]),
+    )
+    for workload in fanouts:
+        n = f"{int(workload[1:]):,}"
+        found += [
+            (workload, "cpu_us_per_delivery", f"E N={n} SSE: server CPU per delivery (µs)", True),
+            (workload, "deliveries_per_s", f"E N={n} SSE: deliveries/s", False),
+        ]
+    subscribers = {r["subscribers"] for r in rows if r["workload"] == "EL"}
+    at = f"{max(subscribers):,}" if subscribers else "N"
+    found += [
+        ("EL", "p50_ms", f"EL SSE {at} x 10/s: p50 (ms)", True),
+        ("EL", "p99_ms", f"EL SSE {at} x 10/s: p99 (ms)", True),
+    ]
+    levels = sorted(
+        {
+            int(k.rsplit("_", 1)[1])
+            for r in rows
+            if r["workload"] == "EI"
+            for k in r
+            if k[:3] == "kb_"
+        }
+    )
+    found += [
+        ("EI", f"kb_per_conn_{level}", f"EI: memory per idle SSE stream at {level:,} (KB)", True)
+        for level in levels
+    ]
+    return found
 
 
 def table(
@@ -182,6 +219,7 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
         )
     )
     checks += redis_targets(rows)
+    checks += sse_targets(rows)
     closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
@@ -222,6 +260,49 @@ def redis_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, st
             "Redis, two processes: every message delivered once (R*x2)",
             once if pairs else None,
             ", ".join(f"{r['deliveries']:,}/{r['expected']:,}" for r in pairs),
+        ),
+    ]
+
+
+SSE_BASELINES = ("sse-starlette", "fastapi-sse")
+
+
+def sse_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """SSE against the service's own WebSocket figures and the better SSE baseline, each ratio
+    within one run, then the median over the runs."""
+
+    def median_ratio(top: dict[int, float], bottom: dict[int, float]) -> float:
+        ratios = [top[run] / bottom[run] for run in top if bottom.get(run)]
+        return statistics.median(ratios) if ratios else float("nan")
+
+    sse_cpu = _values(rows, SERVICE, "E1000", "cpu_us_per_delivery")
+    ws_cpu = _values(rows, SERVICE, "F1000", "cpu_us_per_delivery")
+    per_baseline = [_values(rows, b, "E1000", "cpu_us_per_delivery") for b in SSE_BASELINES]
+    best = {
+        run: min(values[run] for values in per_baseline if run in values)
+        for run in sse_cpu
+        if any(run in values for values in per_baseline)
+    }
+    to_ws, to_best = median_ratio(sse_cpu, ws_cpu), median_ratio(sse_cpu, best)
+    memory = median_ratio(
+        _values(rows, SERVICE, "EI", "kb_per_conn_10000"),
+        _values(rows, SERVICE, "I", "kb_per_conn_10000"),
+    )
+    return [
+        (
+            "SSE CPU per delivery at 1,000 <= 1.5x the service's WebSocket (E1000 / F1000)",
+            _ok(to_ws <= 1.5, to_ws),
+            f"{_fmt(to_ws)}x",
+        ),
+        (
+            "SSE CPU per delivery at 1,000 <= 0.5x the better SSE baseline",
+            _ok(to_best <= 0.5, to_best),
+            f"{_fmt(to_best)}x",
+        ),
+        (
+            "idle memory per SSE stream <= 1.2x per WebSocket at 10,000 (EI / I)",
+            _ok(memory <= 1.2, memory),
+            f"{_fmt(memory)}x",
         ),
     ]
 
@@ -286,7 +367,9 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             elif "p99_ms" in sel[0]:
                 p50 = [r["p50_ms"] for r in sel]
                 p99 = [r["p99_ms"] for r in sel]
-                lines.append(f"- {workload} (L through Redis): p50 {_cell(p50)} ms, p99 {_cell(p99)} ms")
+                lines.append(
+                    f"- {workload} (L through Redis): p50 {_cell(p50)} ms, p99 {_cell(p99)} ms"
+                )
             else:
                 lines.append(f"- {workload}: {sel[0].get('note')}")
         lines.append("")

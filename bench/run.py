@@ -16,6 +16,8 @@ S  isolation: L with some clients that stop reading: the others' p99, the stalle
 I  idle: server memory per open connection at 2,000 and 10,000 connections.
 R  Redis: F through the Redis broker, and two server processes sharing a room; RL: L through
    Redis on one server (only when the template has `use_redis`).
+E  SSE: F, L and I with `GET /sse` subscribers (E100, E1000, EL, EI) and one WebSocket
+   publisher, for the service and two SSE baselines (sse-starlette, fastapi.sse).
 
 The service gets a signing secret made for this invocation (AUTH_SECRET) and its clients a token
 the project's own `token` command signs with it, in `/ws?token=...`; the baselines take no token.
@@ -141,6 +143,8 @@ class Target:
     env_for: dict[str, dict[str, str]] = field(default_factory=dict)
     # Extra query parameters of every connection URL, after `room`: the service's `token`.
     query: dict[str, str] = field(default_factory=dict)
+    # How its subscribers may connect: "ws" and, for SSE servers, "sse".
+    transports: tuple[str, ...] = ("ws",)
     # A generated project's: its folder and the answers it was rendered with.
     project: Path | None = None
     answers: dict[str, object] = field(default_factory=dict)
@@ -200,8 +204,12 @@ class Server:
                 raise RuntimeError(f"{target.name} did not listen on {self.port} in 60 s")
             time.sleep(0.1)
 
-    def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/ws?{urlencode({'room': ROOM, **self.target.query})}"
+    def url(self, transport: str = "ws") -> str:
+        """A subscriber's URL: a WebSocket (ws), or a Server-Sent Events stream (sse)."""
+        scheme, path = {"ws": ("ws", "/ws"), "sse": ("http", "/sse")}[transport]
+        return (
+            f"{scheme}://{HOST}:{self.port}{path}?{urlencode({'room': ROOM, **self.target.query})}"
+        )
 
     def cpu(self) -> float:
         times = self.ps.cpu_times()
@@ -286,10 +294,13 @@ def publisher(url: str, **spec: Any) -> Worker:
 # --- workloads -------------------------------------------------------------------------------
 
 
-def fanout(servers: list[Server], config: Config, *, n: int) -> dict[str, Any]:
+def fanout(
+    servers: list[Server], config: Config, *, n: int, transport: str = "ws"
+) -> dict[str, Any]:
     """F: n subscribers (spread over `servers`), one publisher on the first, max rate."""
     count = max(1, config.fanout_deliveries // n)
-    subs = subscribers([s.url() for s in servers], n, timeout=config.max_seconds, decode=False)
+    urls = [s.url(transport) for s in servers]
+    subs = subscribers(urls, n, timeout=config.max_seconds, decode=False)
     pub = publisher(
         servers[0].url(),
         mode="fanout",
@@ -328,12 +339,13 @@ def latency(
     total: int | None = None,
     rate: float | None = None,
     pad: int | None = None,
+    transport: str = "ws",
 ) -> dict[str, Any]:
     """L (stalled=0) or S: subscribers at a fixed rate; p50/p99 of the healthy ones."""
     (server,) = servers
     total = config.latency_subscribers if total is None else total
     healthy = total - stalled
-    subs = subscribers([server.url()], healthy, timeout=config.max_seconds, decode=True)
+    subs = subscribers([server.url(transport)], healthy, timeout=config.max_seconds, decode=True)
     stuck = (
         subscribers([server.url()], stalled, timeout=config.max_seconds, stalled=True, rcvbuf=4096)
         if stalled
@@ -388,11 +400,11 @@ def latency(
     return metrics
 
 
-def idle(servers: list[Server], config: Config) -> dict[str, Any]:
+def idle(servers: list[Server], config: Config, *, transport: str = "ws") -> dict[str, Any]:
     """I: server RSS growth per open connection at each level (connections kept open)."""
     (server,) = servers
     warm = subscribers(
-        [server.url()], 1, timeout=60, per_process=IDLE_PER_PROCESS
+        [server.url(transport)], 1, timeout=60, per_process=IDLE_PER_PROCESS
     )  # imports and first-use allocations
     time.sleep(0.5)
     rss0 = server.rss()
@@ -402,7 +414,7 @@ def idle(servers: list[Server], config: Config) -> dict[str, Any]:
     try:
         for level in config.idle_levels:
             workers += subscribers(
-                [server.url()],
+                [server.url(transport)],
                 level - opened,
                 timeout=config.max_seconds * 3,
                 per_process=IDLE_PER_PROCESS,
@@ -511,6 +523,8 @@ def service_target(name: str, project: Path, config: Config, secret: str) -> Tar
         project=project,
         answers=project_answers(package_dir),
     )
+    if target.answers["use_sse"]:
+        target.transports = ("ws", "sse")
     auth = target.answers["auth"]
     if auth == "query_token":
         target.env["AUTH_SECRET"] = secret
@@ -566,7 +580,7 @@ def choose_targets(
         if names
         else [s.name for s in services]
         if compare
-        else ["service", "textbook", "raw"]
+        else ["service", "textbook", "raw", "sse-starlette", "fastapi-sse"]
     )
     available = [*services, *others]
     unknown = set(chosen) - {t.name for t in available}
@@ -589,7 +603,8 @@ def run_all(
     for run in range(1, config.runs + 1):
         order = 1 if run % 2 else -1
         for workload in selected:
-            for target in (variants if workload.redis else targets)[::order]:
+            pool = variants if workload.redis else targets
+            for target in [t for t in pool if workload.transport in t.transports][::order]:
                 metrics = measure(target, workload, config, logs)
                 rows.append(
                     {"run": run, "target": target.name, "workload": workload.name, **metrics}
@@ -627,11 +642,13 @@ class Workload:
     servers: int = 1
     # Measured on the Redis variants (the projects rendered with use_redis), not the targets.
     redis: bool = False
+    # How the subscribers connect: WebSocket, or SSE (the publisher always uses a WebSocket).
+    transport: str = "ws"
 
 
 # --only takes these letters, each selecting all its workloads (F: one per fanout size), or
 # workload names (F100, RL, S-fill...) for just one.
-LETTERS = ("F", "L", "S", "X", "I", "R")
+LETTERS = ("F", "L", "S", "X", "I", "R", "E")
 
 
 def workloads(config: Config) -> list[Workload]:
@@ -672,6 +689,16 @@ def workloads(config: Config) -> list[Workload]:
         for count in (1, 2)
     ]
     table.append(Workload("R", "RL", "latency", steady, redis=True))
+    # E: F, L and I with SSE subscribers (the service's /sse, and the SSE baselines).
+    sse = {"transport": "sse"}
+    table += [
+        Workload("E", f"E{n}", "fanout", functools.partial(fanout, n=n, **sse), **sse)
+        for n in config.fanout_sizes
+    ]
+    table += [
+        Workload("E", "EL", "latency", functools.partial(steady, **sse), **sse),
+        Workload("E", "EI", "idle", functools.partial(idle, **sse), **sse),
+    ]
     return table
 
 
@@ -818,7 +845,46 @@ def baselines(python: Path) -> list[Target]:
         ),
         # Not run by default: the textbook manager with uvicorn's deflate off, the framework floor.
         textbook_target("textbook-nodeflate", python, "--ws-per-message-deflate", "false"),
+        # SSE only (E): a queue per stream, under sse-starlette and under FastAPI's fastapi.sse.
+        sse_target("sse-starlette", python, "sse_starlette_app:app"),
+        sse_target("fastapi-sse", python, "fastapi_sse_app:app"),
     ]
+
+
+def sse_target(name: str, python: Path, app: str) -> Target:
+    """An SSE baseline in bench/servers/ under uvicorn (its WebSocket only takes the publisher)."""
+    argv = [str(python), "-m", "uvicorn", app, "--host", "{host}", "--port", "{port}"]
+    return Target(name, [*argv, "--log-level", "warning"], BENCH / "servers", transports=("sse",))
+
+
+# What the SSE baselines need in the virtualenv they run in, besides FastAPI: sse-starlette is
+# installed into it (with uv, like the project); fastapi.sse comes with FastAPI 0.135 and later.
+SSE_BASELINE_NEEDS = {
+    "sse-starlette": ("sse_starlette", "sse-starlette>=2"),
+    "fastapi-sse": ("fastapi.sse", None),
+}
+
+
+def sse_baselines_ready(python: Path, targets: list[Target]) -> tuple[list[Target], list[str]]:
+    """`targets` less the SSE baselines that cannot run in `python`'s virtualenv, and why."""
+    kept, notes = [], []
+    for target in targets:
+        module, requirement = SSE_BASELINE_NEEDS.get(target.name, (None, None))
+        if module is None:
+            kept.append(target)
+            continue
+        check = [str(python), "-c", f"import {module}"]
+        if subprocess.run(check, capture_output=True, check=False).returncode and requirement:
+            uv = rendering.uv_executable()
+            install = [uv, "pip", "install", "--python", str(python), requirement]
+            subprocess.run(
+                install, env=rendering.uv_environment(), capture_output=True, check=False
+            )
+        if subprocess.run(check, capture_output=True, check=False).returncode:
+            notes.append(f"{target.name}: not run, `import {module}` fails in {python}")
+        else:
+            kept.append(target)
+    return kept, notes
 
 
 # The generated project's own test helper starts the server (redis-server or valkey-server from
@@ -938,6 +1004,10 @@ def main(argv: list[str] | None = None) -> int:
         redis["available"] = bool(variants)
         python = Path(services[-1].argv[0])
         targets = choose_targets(args.targets, services, baselines(python), compare)
+        if any(w.transport == "sse" for w in selected):
+            targets, notes = sse_baselines_ready(python, targets)
+        else:
+            targets, notes = [t for t in targets if "ws" in t.transports], []
         needing_redis = [t for t in [*targets, *variants] if t.uses_redis]
         if needing_redis:
             url = stack.enter_context(redis_server(needing_redis[-1], logs / "redis"))
@@ -955,6 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
             "answers": {t.name: t.answers for t in [*services, *variants]},
             "redis": redis,
             "workloads": [w.name for w in selected],
+            "notes": notes,
         }
         if compare:
             meta["compare"] = {"old": services[0].name, "new": services[1].name}

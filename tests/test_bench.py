@@ -49,28 +49,48 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
         "auth": "query_token",
     }
     by_key = {(row["target"], row["workload"]): row for row in rows}
-    fanouts = sorted({row["workload"] for row in rows if row["workload"].startswith("F")})
-    assert fanouts, rows
+    # The WebSocket workloads for the service and the WebSocket baselines; E, the same through
+    # SSE, for the service and the SSE baselines (the textbook shape under sse-starlette and
+    # under fastapi.sse), one WebSocket publisher driving each.
+    for letter, targets, steady, idle_name in (
+        ("F", ("service", "textbook", "raw"), ("L", "S"), "I"),
+        ("E", ("service", "sse-starlette", "fastapi-sse"), ("EL",), "EI"),
+    ):
+        fanouts = sorted(
+            {w for w in (row["workload"] for row in rows) if w[0] == letter and w[1:].isdigit()}
+        )
+        assert fanouts, rows
+        for target in targets:
+            for workload in fanouts:
+                row = by_key[(target, workload)]
+                # Every subscriber and the publisher (its echo) got every message, exactly once.
+                assert row["sent"] > 0
+                assert row["deliveries"] == row["sent"] * (row["subscribers"] + 1), row
+                assert row["deliveries_per_s"] > 0
+                assert row["cpu_us_per_delivery"] >= 0
+            for workload in steady:
+                row = by_key[(target, workload)]
+                assert row["sent"] > 0
+                assert row["received"] == row["expected"], row
+                assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000, row
+            idle = by_key[(target, idle_name)]
+            memory = [value for key, value in idle.items() if key.startswith("kb_per_conn_")]
+            assert memory, idle
+            assert all(math.isfinite(value) and value < 10_000 for value in memory), idle
     for target in ("service", "textbook", "raw"):
-        for workload in fanouts:
-            row = by_key[(target, workload)]
-            # Every subscriber and the publisher (its echo) got every message, exactly once.
-            assert row["sent"] > 0
-            assert row["deliveries"] == row["sent"] * (row["subscribers"] + 1), row
-            assert row["deliveries_per_s"] > 0
-            assert row["cpu_us_per_delivery"] >= 0
-        for workload in ("L", "S"):
-            row = by_key[(target, workload)]
-            assert row["sent"] > 0
-            assert row["received"] == row["expected"], row
-            assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000, row
         assert by_key[(target, "S")]["stalled"] > 0
-        idle = by_key[(target, "I")]
-        memory = [value for key, value in idle.items() if key.startswith("kb_per_conn_")]
-        assert memory, idle
-        assert all(math.isfinite(value) and value < 10_000 for value in memory), idle
+    # The WebSocket-only baselines are not measured over SSE, and the SSE ones not over WebSocket.
+    assert not [
+        row for row in rows if row["target"] in ("textbook", "raw") and row["workload"][0] == "E"
+    ]
+    assert not [
+        row
+        for row in rows
+        if row["target"] in ("sse-starlette", "fastapi-sse") and row["workload"][0] != "E"
+    ]
     summary = (out / "results.md").read_text()
     assert "| figure |" in summary
+    assert "E N=" in summary and "SSE CPU per delivery" in summary
     assert "service: rooms, sse, heartbeats on; redis off; auth=query_token" in summary
     # R runs when the template has a Redis option, and says so when it has none.
     assert "R: not available" in summary or "R1" in summary or "R2" in summary
