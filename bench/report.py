@@ -83,11 +83,17 @@ def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> di
 
 def derive(rows: list[dict[str, Any]]) -> None:
     """Add figures computed from others: how busy the server was during a fanout run (below
-    100%, deliveries/s was limited by the clients sharing the machine, not by the server)."""
+    100%, deliveries/s was limited by the clients sharing the machine, not by the server), and
+    how much of what was published arrived before the run's deadline (a server too slow for
+    the publisher, which only its own echoes pace, falls behind and is cut off)."""
     for row in rows:
         if "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
             cpu = row["cpu_us_per_delivery"] * row["deliveries"] / 1e6
             row["server_busy_pct"] = 100 * cpu / max(1e-9, row["wall_s"])
+        if row.get("expected") and "delivered_pct" not in row:
+            row["delivered_pct"] = (
+                100 * row.get("deliveries", row.get("received", 0)) / row["expected"]
+            )
 
 
 def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
@@ -136,12 +142,14 @@ def sse_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
         found += [
             (workload, "cpu_us_per_delivery", f"E N={n} SSE: server CPU per delivery (µs)", True),
             (workload, "deliveries_per_s", f"E N={n} SSE: deliveries/s", False),
+            (workload, "delivered_pct", f"E N={n} SSE: delivered by the deadline (%)", False),
         ]
     subscribers = {r["subscribers"] for r in rows if r["workload"] == "EL"}
     at = f"{max(subscribers):,}" if subscribers else "N"
     found += [
         ("EL", "p50_ms", f"EL SSE {at} x 10/s: p50 (ms)", True),
         ("EL", "p99_ms", f"EL SSE {at} x 10/s: p99 (ms)", True),
+        ("EL", "delivered_pct", "EL SSE: delivered by the deadline (%)", False),
     ]
     levels = sorted(
         {
@@ -515,7 +523,8 @@ def plot(rows: list[dict[str, Any]], path: Path, order: list[str] | None = None)
     shown = [
         m
         for m in shown
-        if m[1] not in ("healthy_delivered_pct", "stalled_closed", "server_busy_pct")
+        if m[1]
+        not in ("healthy_delivered_pct", "delivered_pct", "stalled_closed", "server_busy_pct")
         and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")
     ]
     columns = 3

