@@ -41,7 +41,9 @@ clean:
 # The benchmark (bench/run.py): renders the project with every feature on (auth=query_token, and
 # a Redis variant), serves it and the two baselines in their own processes and drives them from
 # client processes on loopback. Several minutes; writes build/bench/results.{json,md,png}.
-# BENCH_ARGS="--runs 3" or "--quick" to shorten it.
+# BENCH_ARGS="--runs 3" or "--quick" to shorten it. Before/after a change, side by side in one
+# invocation (old = the template at a git revision, new = the working tree):
+#   make bench BENCH_ARGS="--compare HEAD~3 --only F,L,S --runs 3"
 BENCH_ARGS ?=
 
 .PHONY: bench

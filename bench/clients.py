@@ -1,4 +1,4 @@
-"""Client worker processes: many light WebSocket connections per process.
+"""Client worker processes: many light WebSocket connections (or SSE streams) per process.
 
 The clients must cost little, since they share two cores with the server under test, so this is
 a minimal RFC 6455 client on an asyncio Protocol rather than a full library: it does the
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 __all__ = ["publisher_main", "raise_fd_limit", "subscriber_main"]
 
 _TIMESTAMP = re.compile(rb'"t":(\d+)')
+_CODE = re.compile(rb'"code":(\d+)')
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 _ZERO_MASK = b"\x00\x00\x00\x00"  # legal framing; XOR with zero leaves the payload as it is
 
@@ -228,6 +229,101 @@ class Client(asyncio.Protocol):
             self.transport.abort()  # RST, no TIME_WAIT left on the client's ports
 
 
+class SseClient(Client):
+    """One Server-Sent Events stream: a GET whose response body never ends.
+
+    The same counters as a WebSocket connection: its first line (the `retry:` hint the service
+    and the baselines send first) marks it ready, and every later line carrying a published
+    message's `"t":` counts. The body is read through HTTP/1.1 chunked framing when the server
+    uses it (uvicorn does); an `event: close` (the service's last word) or the end of the body
+    counts as closed by the server.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chunked = False
+        self.chunk_left = 0
+        self.lines = bytearray()  # decoded body up to its last complete line
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).decode("latin-1").lower()
+            del buffer[: end + 4]
+            if " 200 " not in head.split("\r\n", 1)[0] + " ":
+                if not self.welcomed.done():
+                    self.welcomed.set_result(False)
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            self.chunked = "transfer-encoding: chunked" in head
+            self.open = True
+        self.lines += self._dechunk() if self.chunked else self._take_all()
+        cut = self.lines.rfind(b"\n")
+        if cut < 0:
+            return
+        lines = bytes(self.lines[: cut + 1])
+        del self.lines[: cut + 1]
+        now = time.monotonic_ns()
+        if not self.welcomed.done():
+            self.welcomed.set_result(True)
+        received = lines.count(b'"t":')
+        if received:
+            if self.decode and self.latencies is not None:
+                self.latencies.extend(now - int(t) for t in _TIMESTAMP.findall(lines))
+            self.count += received
+            self.last_ns = now
+        if b"event: close" in lines and self.close_code is None:
+            self.close_code = int(code.group(1)) if (code := _CODE.search(lines)) else 1000
+        if self.on_message is not None:
+            self.on_message(self)
+        if self.on_done is not None and self.count >= self.target:
+            self._check_done()
+
+    def _take_all(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    def _dechunk(self) -> bytes:
+        """The body bytes of the complete chunk parts in the buffer; a zero-size chunk (the end
+        of the response) marks the stream closed by the server."""
+        buffer, body = self.buffer, bytearray()
+        while True:
+            if not self.chunk_left:
+                line_end = buffer.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size_line = bytes(buffer[:line_end])
+                del buffer[: line_end + 2]
+                if not size_line:  # the CRLF that ends a chunk's data
+                    continue
+                self.chunk_left = int(size_line.split(b";", 1)[0], 16)
+                if not self.chunk_left:
+                    self.close_code = self.close_code or 1000
+                    break
+            take = min(self.chunk_left, len(buffer))
+            if not take:
+                break
+            body += buffer[:take]
+            del buffer[:take]
+            self.chunk_left -= take
+        return bytes(body)
+
+
+def _sse_request(url: str) -> bytes:
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
+        "Cache-Control: no-cache\r\n\r\n"
+    ).encode()
+
+
 def _request(url: str) -> bytes:
     parts = urlsplit(url)
     path = parts.path or "/"
@@ -259,10 +355,11 @@ async def connect(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (parts.hostname, parts.port)), timeout)
+        # An http:// URL is a Server-Sent Events stream, a ws:// one a WebSocket.
+        sse = parts.scheme == "http"
+        kind, request = (SseClient, _sse_request(url)) if sse else (Client, _request(url))
         _, client = await loop.create_connection(
-            lambda: Client(
-                _request(url), decode=decode, latencies=latencies, on_message=on_message
-            ),
+            lambda: kind(request, decode=decode, latencies=latencies, on_message=on_message),
             sock=sock,
         )
     except BaseException:

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "plot", "summarize", "table"]
+__all__ = ["METRICS", "compare_summary", "compare_table", "plot", "summarize", "table"]
 
 SERVICE, BASELINES = "service", ("textbook", "raw")
 REDIS = "service-redis"
@@ -83,11 +83,17 @@ def metric_summary(rows: list[dict[str, Any]], workload: str, metric: str) -> di
 
 def derive(rows: list[dict[str, Any]]) -> None:
     """Add figures computed from others: how busy the server was during a fanout run (below
-    100%, deliveries/s was limited by the clients sharing the machine, not by the server)."""
+    100%, deliveries/s was limited by the clients sharing the machine, not by the server), and
+    how much of what was published arrived before the run's deadline (a server too slow for
+    the publisher, which only its own echoes pace, falls behind and is cut off)."""
     for row in rows:
         if "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
             cpu = row["cpu_us_per_delivery"] * row["deliveries"] / 1e6
             row["server_busy_pct"] = 100 * cpu / max(1e-9, row["wall_s"])
+        if row.get("expected") and "delivered_pct" not in row:
+            row["delivered_pct"] = (
+                100 * row.get("deliveries", row.get("received", 0)) / row["expected"]
+            )
 
 
 def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
@@ -103,9 +109,11 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
             (workload, "cpu_us_per_delivery", f"F N={n}: server CPU per delivery (µs)", True)
         )
         found.append((workload, "deliveries_per_s", f"F N={n}: deliveries/s", False))
-        found.append((workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)",
-                      False))
+        found.append(
+            (workload, "server_busy_pct", f"F N={n}: server CPU busy (% of one core)", False)
+        )
     found += [m for m in METRICS if m[0] in ("L", "S", "S-fill")]
+    found += sse_metrics(rows)
     levels = sorted(
         {
             int(k.rsplit("_", 1)[1])
@@ -120,6 +128,43 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
             ("I", f"kb_per_conn_{level}", f"I: memory per idle connection at {level:,} (KB)", True)
         )
     return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+
+
+def sse_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """E: the F, L and I figures with SSE subscribers, at the sizes actually run."""
+    found: list[tuple[str, str, str, bool]] = []
+    fanouts = sorted(
+        {r["workload"] for r in rows if r["workload"][0] == "E" and r["workload"][1:].isdigit()},
+        key=lambda w: int(w[1:]),
+    )
+    for workload in fanouts:
+        n = f"{int(workload[1:]):,}"
+        found += [
+            (workload, "cpu_us_per_delivery", f"E N={n} SSE: server CPU per delivery (µs)", True),
+            (workload, "deliveries_per_s", f"E N={n} SSE: deliveries/s", False),
+            (workload, "delivered_pct", f"E N={n} SSE: delivered by the deadline (%)", False),
+        ]
+    subscribers = {r["subscribers"] for r in rows if r["workload"] == "EL"}
+    at = f"{max(subscribers):,}" if subscribers else "N"
+    found += [
+        ("EL", "p50_ms", f"EL SSE {at} x 10/s: p50 (ms)", True),
+        ("EL", "p99_ms", f"EL SSE {at} x 10/s: p99 (ms)", True),
+        ("EL", "delivered_pct", "EL SSE: delivered by the deadline (%)", False),
+    ]
+    levels = sorted(
+        {
+            int(k.rsplit("_", 1)[1])
+            for r in rows
+            if r["workload"] == "EI"
+            for k in r
+            if k[:3] == "kb_"
+        }
+    )
+    found += [
+        ("EI", f"kb_per_conn_{level}", f"EI: memory per idle SSE stream at {level:,} (KB)", True)
+        for level in levels
+    ]
+    return found
 
 
 def table(
@@ -182,6 +227,7 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
         )
     )
     checks += redis_targets(rows)
+    checks += sse_targets(rows)
     closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
@@ -226,6 +272,49 @@ def redis_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, st
     ]
 
 
+SSE_BASELINES = ("sse-starlette", "fastapi-sse")
+
+
+def sse_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """SSE against the service's own WebSocket figures and the better SSE baseline, each ratio
+    within one run, then the median over the runs."""
+
+    def median_ratio(top: dict[int, float], bottom: dict[int, float]) -> float:
+        ratios = [top[run] / bottom[run] for run in top if bottom.get(run)]
+        return statistics.median(ratios) if ratios else float("nan")
+
+    sse_cpu = _values(rows, SERVICE, "E1000", "cpu_us_per_delivery")
+    ws_cpu = _values(rows, SERVICE, "F1000", "cpu_us_per_delivery")
+    per_baseline = [_values(rows, b, "E1000", "cpu_us_per_delivery") for b in SSE_BASELINES]
+    best = {
+        run: min(values[run] for values in per_baseline if run in values)
+        for run in sse_cpu
+        if any(run in values for values in per_baseline)
+    }
+    to_ws, to_best = median_ratio(sse_cpu, ws_cpu), median_ratio(sse_cpu, best)
+    memory = median_ratio(
+        _values(rows, SERVICE, "EI", "kb_per_conn_10000"),
+        _values(rows, SERVICE, "I", "kb_per_conn_10000"),
+    )
+    return [
+        (
+            "SSE CPU per delivery at 1,000 <= 1.5x the service's WebSocket (E1000 / F1000)",
+            _ok(to_ws <= 1.5, to_ws),
+            f"{_fmt(to_ws)}x",
+        ),
+        (
+            "SSE CPU per delivery at 1,000 <= 0.5x the better SSE baseline",
+            _ok(to_best <= 0.5, to_best),
+            f"{_fmt(to_best)}x",
+        ),
+        (
+            "idle memory per SSE stream <= 1.2x per WebSocket at 10,000 (EI / I)",
+            _ok(memory <= 1.2, memory),
+            f"{_fmt(memory)}x",
+        ),
+    ]
+
+
 def _ok(condition: bool, value: float) -> bool | None:
     return None if math.isnan(value) else condition
 
@@ -240,7 +329,8 @@ def describe_answers(answers: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _header(meta: dict[str, Any]) -> list[str]:
+    """The machine, the versions, the date and the answers the projects were rendered with."""
     m, v = meta["machine"], meta["versions"]
     runs = meta["config"]["runs"]
     # results.json written before the answers were recorded has none: no line for them then.
@@ -259,6 +349,11 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             + ".",
             "",
         ]
+    return lines
+
+
+def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = _header(meta)
     lines += [
         "Median over the runs (min–max in brackets); ratios are computed within each run, then "
         "their median is shown.",
@@ -280,7 +375,9 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             elif "p99_ms" in sel[0]:
                 p50 = [r["p50_ms"] for r in sel]
                 p99 = [r["p99_ms"] for r in sel]
-                lines.append(f"- {workload} (L through Redis): p50 {_cell(p50)} ms, p99 {_cell(p99)} ms")
+                lines.append(
+                    f"- {workload} (L through Redis): p50 {_cell(p50)} ms, p99 {_cell(p99)} ms"
+                )
             else:
                 lines.append(f"- {workload}: {sel[0].get('note')}")
         lines.append("")
@@ -293,8 +390,130 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """One bar chart per figure: the three servers' medians with min–max error bars."""
+# --- two projects side by side (run.py --compare) ------------------------------------------
+
+# Figures with no better direction: how busy the server was, how many stalled clients it closed
+# (S: none need be; S-fill: each, once its queue is full) are context, not a score.
+NEUTRAL = {"server_busy_pct", "stalled_closed"}
+
+
+def redis_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """The R workloads actually run: fanout figures for R<N>x<servers>, latency for RL."""
+    found: list[tuple[str, str, str, bool]] = []
+    names = dict.fromkeys(r["workload"] for r in rows if r["workload"].startswith("R"))
+    for workload in names:
+        if workload == "RL":
+            found.append((workload, "p50_ms", "RL (L through Redis): p50 (ms)", True))
+            found.append((workload, "p99_ms", "RL (L through Redis): p99 (ms)", True))
+            continue
+        n, servers = workload[1:].split("x")
+        where = f"R N={int(n):,}, {servers} server(s)"
+        found.append((workload, "cpu_us_per_delivery", f"{where}: CPU per delivery (µs)", True))
+        found.append((workload, "deliveries_per_s", f"{where}: deliveries/s", False))
+    return found
+
+
+def _label_target(label: str, workload: str) -> str:
+    """Whose rows a project's figure is: an R workload ran on its Redis variant."""
+    return f"{label}-redis" if workload.startswith("R") else label
+
+
+def _verdict(old: list[float], new: list[float], lower: bool, metric: str) -> str:
+    """worse / better only when the two min–max ranges do not overlap, over three runs at least
+    (the range of one or two runs says little about the spread)."""
+    if metric in NEUTRAL or len(old) < 3 or len(new) < 3:
+        return "–"
+    if max(new) < min(old):
+        return "better" if lower else "worse"
+    if min(new) > max(old):
+        return "worse" if lower else "better"
+    return "within spread"
+
+
+def compare_figures(rows: list[dict[str, Any]], old: str, new: str) -> list[dict[str, Any]]:
+    """Each figure for both projects: the per-run values, the same-run ratios new/old, and
+    whether new is worse, better or within the run-to-run spread."""
+    figures = []
+    for workload, metric, label, lower in metrics_in(rows) + redis_metrics(rows):
+        before = _values(rows, _label_target(old, workload), workload, metric)
+        after = _values(rows, _label_target(new, workload), workload, metric)
+        if not before and not after:
+            continue
+        ratios = [after[run] / before[run] for run in after if before.get(run)]
+        figures.append(
+            {
+                "workload": workload,
+                "metric": metric,
+                "label": label,
+                "lower_is_better": lower,
+                "old": sorted(before.values()),
+                "new": sorted(after.values()),
+                "ratios": sorted(ratios),
+                "verdict": _verdict(list(before.values()), list(after.values()), lower, metric),
+            }
+        )
+    return figures
+
+
+def compare_table(rows: list[dict[str, Any]], old: str, new: str) -> str:
+    """The markdown table: old, new, new / old, the verdict, then any baseline measured too."""
+    ours = {old, new, f"{old}-redis", f"{new}-redis"}
+    extra = sorted({r["target"] for r in rows} - ours)
+    lines = [
+        f"| figure | {old} | {new} | {new} / {old} | verdict |" + "".join(f" {e} |" for e in extra),
+        "| --- | ---: | ---: | ---: | --- |" + " ---: |" * len(extra),
+    ]
+    for figure in compare_figures(rows, old, new):
+        arrow = "" if figure["metric"] in NEUTRAL else " ↓" if figure["lower_is_better"] else " ↑"
+        cells = [_cell(figure["old"]), _cell(figure["new"]), _cell(figure["ratios"])]
+        lines.append(
+            f"| {figure['label']}{arrow} | {' | '.join(cells)} | {figure['verdict']} |"
+            + "".join(
+                f" {_cell(sorted(_values(rows, e, figure['workload'], figure['metric']).values()))} |"
+                for e in extra
+            )
+        )
+    return "\n".join(lines)
+
+
+def compare_summary(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    old, new = meta["compare"]["old"], meta["compare"]["new"]
+    lines = _header(meta)
+    lines += [
+        f"Compared: {old} = {meta['projects'][old]}; {new} = {meta['projects'][new]}.",
+        "",
+    ]
+    versions = meta.get("project_versions", {})
+    if versions and versions.get(old) != versions.get(new):
+        lines += [
+            "Library versions differ: "
+            + "; ".join(
+                f"{label}: " + ", ".join(f"{k} {v}" for k, v in versions[label].items())
+                for label in (old, new)
+            )
+            + ".",
+            "",
+        ]
+    lines += [
+        (
+            "Median over the runs (min–max in brackets). Within each run every workload measures "
+            f"{old} and {new} back to back (the order flips from run to run); {new} / {old} is "
+            "computed within each run, then its median shown. ↓ lower is better, ↑ higher is "
+            f"better; verdict: worse or better when the min–max ranges of {old} and {new} do "
+            "not overlap (three runs at least), else within spread."
+        ),
+        "",
+        compare_table(rows, old, new),
+        "",
+    ]
+    if meta["redis"].get("note"):
+        lines += [meta["redis"]["note"], ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, order: list[str] | None = None) -> None:
+    """One bar chart per figure: each server's median with min–max error bars (the servers in
+    `order`, by default the service, the baselines and then the others)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,7 +523,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     shown = [
         m
         for m in shown
-        if m[1] not in ("healthy_delivered_pct", "stalled_closed", "server_busy_pct")
+        if m[1]
+        not in ("healthy_delivered_pct", "delivered_pct", "stalled_closed", "server_busy_pct")
         and not (m[0] == "S-fill" and m[1] == "server_rss_growth_mb")
     ]
     columns = 3
@@ -315,11 +535,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         "textbook": "#c0504d",
         "raw": "#7f7f7f",
         "textbook-nodeflate": "#e8a33d",
+        "old": "#9fb7cc",
+        "new": "#2a7ab9",
     }
     extra = sorted({r["target"] for r in rows} - {SERVICE, *BASELINES})
+    order = order or [SERVICE, *BASELINES, *extra]
     for ax, (workload, metric, label, lower) in zip(axes.flat, shown, strict=False):
         names, medians, low, high = [], [], [], []
-        for target in (SERVICE, *BASELINES, *extra):
+        for target in order:
             values = list(_values(rows, target, workload, metric).values())
             if not values:
                 continue

