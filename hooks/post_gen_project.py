@@ -139,7 +139,8 @@ def read_answers(project: Path) -> dict[str, object] | None:
 def next_steps(project: Path, shell_folder: Path) -> str:
     """What to run after generation, from the folder the user's shell is in."""
     in_repository = any((folder / ".git").exists() for folder in (project, *project.parents))
-    steps = [f"cd {os.path.relpath(project, shell_folder)}"]
+    relative = os.path.relpath(project, shell_folder)
+    steps = [f"cd {project if relative.startswith(os.pardir) else relative}"]
     if not in_repository:
         steps.append("git init                    # pre-commit installs its hooks into a repository")
     steps += [

@@ -249,6 +249,8 @@ def test_next_steps_start_from_the_users_folder_and_init_git_only_outside_a_repo
         "uv run pre-commit install",
         "make dev",
     ]
+    elsewhere = tmp_path / "elsewhere"
+    assert post_gen.next_steps(project, elsewhere).startswith(f"Next steps:\n    cd {project}\n")
     (tmp_path / ".git").mkdir()  # generated inside a repository (or updated in one)
     assert "git init" not in post_gen.next_steps(project, tmp_path)
 
