@@ -31,7 +31,7 @@ test: $(INSTALLED)
 demo: $(INSTALLED)
 	rm -rf $(DEMO_DIR)
 	$(BIN)/cookiecutter --no-input --output-dir $(DEMO_DIR) .
-	cd $(DEMO_PROJECT) && $(UV) venv --python $(PYTHON) && $(UV) pip install --python .venv/bin/python -e '.[dev]'
+	cd $(DEMO_PROJECT) && $(UV) sync --python $(PYTHON)
 	@echo "Serving the demo at http://$(DEMO_HOST):$(DEMO_PORT)/ (Ctrl+C stops it)"
 	cd $(DEMO_PROJECT) && .venv/bin/python -m $(DEMO_PACKAGE) serve --host $(DEMO_HOST) --port $(DEMO_PORT)
 

@@ -1,19 +1,23 @@
-"""Delete the files of the features the user did not choose, and give a project that
-authenticates a random signing secret in its git-ignored `.env`.
+"""Delete the files of the features the user did not choose, give a project that
+authenticates a random signing secret in its git-ignored `.env`, and print the next steps.
 
 This file holds no Jinja: cookiecutter runs it as its post-generation hook and copier runs it,
 unchanged, as a task (also during `copier update`, possibly several times). It works in the
 current directory, which both engines set to the generated project, and reads the answers from
 the file the template renders for it, then deletes that file. Running it again finds no answers
-file and changes nothing, so it is idempotent; it never touches the network.
+file and changes nothing, so it is idempotent; it never touches the network (so no uv.lock is
+written here: the user's first `uv sync` writes it). Copier passes its operation as the one
+argument, so that `copier update` does not print the steps of a new project.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ANSWERS_FILE = ".template-answers.json"
@@ -132,7 +136,23 @@ def read_answers(project: Path) -> dict[str, object] | None:
     return answers
 
 
-def main() -> int:
+def next_steps(project: Path, shell_folder: Path) -> str:
+    """What to run after generation, from the folder the user's shell is in."""
+    in_repository = any((folder / ".git").exists() for folder in (project, *project.parents))
+    relative = os.path.relpath(project, shell_folder)
+    steps = [f"cd {project if relative.startswith(os.pardir) else relative}"]
+    if not in_repository:
+        steps.append("git init                    # pre-commit installs its hooks into a repository")
+    steps += [
+        "uv sync                     # .venv with the dev tools; commit the uv.lock it writes",
+        "uv run pre-commit install   # ruff and mypy at every commit",
+        "make dev                    # serve with auto-reload: http://127.0.0.1:8000/",
+    ]
+    return "Next steps:\n" + "".join(f"    {step}\n" for step in steps)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    operation = argv[0] if argv else "copy"  # cookiecutter passes no argument
     project = Path.cwd()
     answers = read_answers(project)
     if answers is None:
@@ -140,8 +160,11 @@ def main() -> int:
     prune(project, answers)
     write_secret(project, answers)
     (project / ANSWERS_FILE).unlink()
+    if operation == "copy":
+        # The engines run hooks in the project folder; PWD is still the user's shell's folder.
+        print(next_steps(project, Path(os.environ.get("PWD", project.parent))))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -199,16 +199,18 @@ def uv_environment() -> dict[str, str]:
     return env
 
 
-def install(project: Path) -> Path:
-    """Create `project/.venv` with uv, install the project with its dev extra into it, and
-    return the virtualenv's bin folder."""
+def install(project: Path, *, resolution: str = "highest") -> Path:
+    """Install the project as its README tells a user to: `uv sync`, which creates
+    `project/.venv` with the project and its `dev` dependency group and writes `uv.lock`; return
+    the virtualenv's bin folder. `resolution="lowest-direct"` takes every dependency that
+    pyproject.toml names at its lower bound (and theirs at the newest they allow)."""
     uv = uv_executable()
-    env = uv_environment()
-    venv = project / ".venv"
-    run([uv, "venv", "--python", "python3", venv], cwd=project, env=env)
-    python = venv / "bin" / "python"
-    run([uv, "pip", "install", "--python", python, "-e", ".[dev]"], cwd=project, env=env)
-    return venv / "bin"
+    run(
+        [uv, "sync", "--python", "python3", "--resolution", resolution],
+        cwd=project,
+        env=uv_environment(),
+    )
+    return project / ".venv" / "bin"
 
 
 def typed_answer(question: str, answer: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,50 @@ def test_main_prunes_removes_the_answers_file_and_is_idempotent(
     assert snapshot(tmp_path) == after_first_run
     assert post_gen.ANSWERS_FILE not in after_first_run
     assert list(after_first_run) == ["src/chat_service/app.py"]
+
+
+def test_main_prints_the_next_steps_once_for_a_new_project_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answers = all_features(chosen=True) | {"auth": "none"}
+    project = tmp_path / "chat-service"
+    for operation, expected in [("copy", True), ("update", False)]:
+        project.mkdir()
+        (project / post_gen.ANSWERS_FILE).write_text(json.dumps(answers), encoding="utf-8")
+        monkeypatch.chdir(project)
+        monkeypatch.setenv("PWD", str(tmp_path))
+
+        assert post_gen.main([operation]) == 0
+        assert post_gen.main([operation]) == 0  # a second run: nothing more to say
+        printed = capsys.readouterr().out
+        assert printed.count("Next steps:") == int(expected), (operation, printed)
+        shutil.rmtree(project)
+    monkeypatch.setenv("PWD", str(tmp_path))
+    project.mkdir()
+    (project / post_gen.ANSWERS_FILE).write_text(json.dumps(answers), encoding="utf-8")
+    monkeypatch.chdir(project)
+    assert post_gen.main() == 0  # cookiecutter: no argument, a new project
+    assert "Next steps:" in capsys.readouterr().out
+
+
+def test_next_steps_start_from_the_users_folder_and_init_git_only_outside_a_repository(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "out" / "chat-service"
+    project.mkdir(parents=True)
+    steps = post_gen.next_steps(project, tmp_path).splitlines()
+    commands = [line.split("#")[0].strip() for line in steps[1:]]
+    assert commands == [
+        f"cd {Path('out', 'chat-service')}",
+        "git init",
+        "uv sync",
+        "uv run pre-commit install",
+        "make dev",
+    ]
+    elsewhere = tmp_path / "elsewhere"
+    assert post_gen.next_steps(project, elsewhere).startswith(f"Next steps:\n    cd {project}\n")
+    (tmp_path / ".git").mkdir()  # generated inside a repository (or updated in one)
+    assert "git init" not in post_gen.next_steps(project, tmp_path)
 
 
 # --- post_gen_project.write_secret --------------------------------------------------------

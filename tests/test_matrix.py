@@ -4,11 +4,15 @@ forgot, so each one pays for its own install (uv's shared cache keeps that cheap
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 from rendering import (
     COMBINATIONS,
     DEFAULT,
@@ -18,6 +22,8 @@ from rendering import (
     render_cookiecutter,
     render_cookiecutter_typed,
     run,
+    uv_environment,
+    uv_executable,
 )
 
 # The generated project's own checks, as its README and CI run them; each tool is configured
@@ -39,7 +45,9 @@ def project_environment(bin_dir: Path) -> dict[str, str]:
         if not name.startswith(("PYTEST_", "PYTHON")) and name != "VIRTUAL_ENV"
     }
     env["VIRTUAL_ENV"] = str(bin_dir.parent)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    # uv too, as the README asks for it: the mypy hook runs through `uv run`.
+    uv_dir = str(Path(uv_executable()).parent)
+    env["PATH"] = os.pathsep.join([str(bin_dir), uv_dir, env.get("PATH", "")])
     return env
 
 
@@ -63,6 +71,77 @@ def test_combination_passes_its_own_checks(combination: Combination, tmp_path: P
     bin_dir = install(project)
     failures = failed_checks(project, bin_dir, CHECKS)
     assert not failures, "\n\n".join(failures)
+
+
+def with_answers(**answers: object) -> Combination:
+    return next(c for c in COMBINATIONS if all(c.answers[k] == v for k, v in answers.items()))
+
+
+# The oldest versions pyproject.toml allows, in the combinations with every feature on and every
+# feature off, across the auth modes: a lower bound that no longer holds fails here.
+ALL_ON = {"use_rooms": True, "use_redis": True, "use_sse": True, "use_heartbeats": True}
+ALL_OFF = dict.fromkeys(ALL_ON, False)
+LOWEST_BOUNDS = [
+    with_answers(**ALL_ON, auth="query_token"),
+    with_answers(**ALL_OFF, auth="none"),
+    with_answers(**ALL_OFF, auth="cookie"),
+]
+
+
+def lower_bounds(project: Path) -> dict[str, Version]:
+    """Each dependency (and dev tool) pyproject.toml names with a lower bound, and that bound."""
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    requirements = [
+        *pyproject["project"]["dependencies"],
+        *pyproject["dependency-groups"]["dev"],
+    ]
+    bounds = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        for specifier in requirement.specifier:
+            if specifier.operator in (">=", "=="):
+                bounds[requirement.name.lower()] = Version(specifier.version)
+    return bounds
+
+
+def installed_versions(project: Path) -> dict[str, Version]:
+    listing = run(
+        [uv_executable(), "pip", "list", "--format", "json", "--python", ".venv/bin/python"],
+        cwd=project,
+        env=uv_environment(),
+    )
+    return {item["name"].lower(): Version(item["version"]) for item in json.loads(listing)}
+
+
+@pytest.mark.matrix
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("combination", LOWEST_BOUNDS, ids=lambda combination: combination.id)
+def test_lowest_bounds_pass_their_own_checks(combination: Combination, tmp_path: Path) -> None:
+    project = render_cookiecutter(combination.answers, tmp_path)
+    bin_dir = install(project, resolution="lowest-direct")
+    installed = installed_versions(project)
+    not_lowest = {
+        name: f"{installed.get(name)} installed, {bound} is the bound"
+        for name, bound in lower_bounds(project).items()
+        if installed.get(name) != bound
+    }
+    assert not not_lowest, f"not installed at the lower bound: {not_lowest}"
+    failures = failed_checks(project, bin_dir, CHECKS)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.matrix
+@pytest.mark.timeout(1200)
+def test_uv_sync_then_uv_run_pytest_then_uv_sync_locked(tmp_path: Path) -> None:
+    """What the generated README's Install section says, in a fresh project."""
+    project = render_cookiecutter(DEFAULT.answers, tmp_path)
+    assert not (project / "uv.lock").exists(), "generation is offline: no lock is rendered"
+    env = uv_environment()
+    uv = uv_executable()
+    run([uv, "sync", "--python", "python3"], cwd=project, env=env)
+    assert (project / "uv.lock").is_file(), "uv sync writes the lock the README says to commit"
+    run([uv, "run", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project, env=env)
+    run([uv, "sync", "--locked"], cwd=project, env=env)
 
 
 def git_ignores(project: Path, path: str, env: dict[str, str]) -> bool:

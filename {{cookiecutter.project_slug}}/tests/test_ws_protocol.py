@@ -4,15 +4,27 @@ its send without a coroutine sends exactly when uvicorn's own `send` would not w
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
 
-from {{ cookiecutter.package_name }}.ws_protocol import WebSocketProtocol, WritableFlag
+from {{ cookiecutter.package_name }} import ws_protocol
+from {{ cookiecutter.package_name }}.ws_protocol import (
+    WebSocketProtocol,
+    WritableFlag,
+    missing_internals,
+    serving_protocol,
+)
 
-from .conftest import free_port
+from .conftest import StartServer, free_port
+from .messages import next_message
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +100,73 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once(defla
         "after close": False,
     }
     assert received == ["premier é", medium, large]
+
+
+class WithoutDisconnected(WebSocketsSansIOProtocol):
+    """uvicorn's protocol as a release that renamed `disconnected` would have it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        del self.disconnected
+
+
+# Imported at the server's start-up through PYTHONPATH: the start-up check then probes a uvicorn
+# protocol without `disconnected`, while uvicorn itself is left whole.
+WITHOUT_DISCONNECTED = """
+from {{ cookiecutter.package_name }} import ws_protocol
+from tests.test_ws_protocol import WithoutDisconnected
+
+ws_protocol.WebSocketsSansIOProtocol = WithoutDisconnected
+"""
+
+FALLBACK_WARNING = "lacks what the template's WebSocket protocol relies on"
+
+
+def test_the_installed_uvicorn_has_all_the_protocol_relies_on() -> None:
+    # Fails when a uvicorn release inside the bounds of pyproject.toml drops or renames a part:
+    # the newest-versions CI then says so, before a user's service falls back.
+    assert missing_internals() == []
+    assert serving_protocol() is WebSocketProtocol
+
+
+def test_a_uvicorn_without_a_part_gets_one_warning_and_its_own_protocol(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert missing_internals(WithoutDisconnected) == ["disconnected"]
+    monkeypatch.setattr(ws_protocol, "WebSocketsSansIOProtocol", WithoutDisconnected)
+    with caplog.at_level(logging.WARNING):
+        assert serving_protocol() == "auto"
+    warnings = [record for record in caplog.records if FALLBACK_WARNING in record.getMessage()]
+    assert [record.levelno for record in warnings] == [logging.WARNING]
+    assert "disconnected" in warnings[0].getMessage()
+
+
+@pytest.fixture
+def startup_without_disconnected(tmp_path: Path) -> str:
+    """A PYTHONPATH whose sitecustomize.py runs WITHOUT_DISCONNECTED in the server process."""
+    startup = tmp_path / "startup"
+    startup.mkdir()
+    (startup / "sitecustomize.py").write_text(WITHOUT_DISCONNECTED, encoding="utf-8")
+    project = Path(__file__).resolve().parents[1]  # where `tests.test_ws_protocol` imports from
+    return os.pathsep.join([str(startup), str(project)])
+
+
+async def test_a_server_whose_check_fails_serves_and_broadcasts_on_uvicorns_protocol(
+    start_server: StartServer, startup_without_disconnected: str
+) -> None:
+    server = start_server(PYTHONPATH=startup_without_disconnected)
+    clients = [await server.connect() for _ in range(3)]
+    try:
+        for ws in clients:
+            assert (await next_message(ws))["type"] == "welcome"
+        for n in range(20):  # several batches, through uvicorn's own `send`
+            await clients[0].send(json.dumps({"type": "publish", "data": n}))
+        for ws in clients:
+            received = [(await next_message(ws))["data"] for _ in range(20)]
+            assert received == list(range(20)), "every client gets every message, in order"
+    finally:
+        for ws in clients:
+            await ws.close()
+    output = server.output()
+    assert output.count(FALLBACK_WARNING) == 1, output
+    assert "disconnected" in output

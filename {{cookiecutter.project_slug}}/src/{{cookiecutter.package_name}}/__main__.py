@@ -13,7 +13,7 @@ from .auth_token import print_token
 {%- endif %}
 from .log_redaction import log_config
 from .settings import Settings
-from .ws_protocol import WebSocketProtocol
+from .ws_protocol import serving_protocol
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
@@ -26,7 +26,7 @@ def serve(settings: Settings, *, reload: bool) -> None:
         reload=reload,
         # uvicorn's sans-I/O websockets implementation (the fastest of its three, measured),
         # holding less per connection.
-        ws=WebSocketProtocol,
+        ws=serving_protocol(),  # uvicorn's own, with a WARNING, should this uvicorn lack a part
         ws_per_message_deflate=settings.server.per_message_deflate,
         # uvicorn then refuses larger frames itself with 1009, before they are buffered.
         ws_max_size=settings.hub.max_message_bytes,

@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import asyncio
+import functools
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-__all__ = ["WebSocketProtocol", "WritableFlag"]
+__all__ = ["WebSocketProtocol", "WritableFlag", "missing_internals", "serving_protocol"]
 
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
@@ -202,3 +207,62 @@ def _text_frame(text: str) -> bytes:
     """The wire bytes of a server's text frame. One entry: a broadcast hands every client the
     same string, one after the other."""
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+
+
+# What WebSocketProtocol reads of uvicorn's protocol beyond its ASGI `send`, all set by its
+# `__init__` (checked with uvicorn 0.52.1 to 0.54, the versions pyproject.toml allows), and what
+# it calls on websockets' sans-I/O `ServerProtocol` (`conn`). `request` and `response` are read
+# through getattr, so their absence only keeps the handshake in memory.
+UVICORN_ATTRIBUTES = (
+    "conn",
+    "transport",
+    "close_sent",
+    "disconnected",
+    "handshake_complete",
+    "initial_response",
+    "writable",
+)
+CONNECTION_ATTRIBUTES = ("state", "extensions", "send_text", "data_to_send")
+
+
+def missing_internals(base: type[WebSocketsSansIOProtocol] | None = None) -> list[str]:
+    """What the installed uvicorn's sans-I/O protocol (or `base`) lacks of what WebSocketProtocol
+    relies on, found by building one as uvicorn would for a connection; empty when all is there."""
+    base = base or WebSocketsSansIOProtocol
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(_no_app, lifespan="off", log_config=None)
+        probe: Any = base(config, ServerState(), {}, _loop=loop)
+    except Exception as error:  # any change of signature or behaviour: fall back, never crash
+        return [f"a connection's protocol ({error!r})"]
+    finally:
+        loop.close()
+    missing = [name for name in UVICORN_ATTRIBUTES if not hasattr(probe, name)]
+    if "writable" not in missing and not isinstance(probe.writable, asyncio.Event):
+        missing.append("writable as an asyncio.Event")  # what WritableFlag stands in for
+    if "conn" not in missing:
+        conn = probe.conn
+        missing += [f"conn.{name}" for name in CONNECTION_ATTRIBUTES if not hasattr(conn, name)]
+    return missing
+
+
+def serving_protocol() -> type[asyncio.Protocol] | Literal["auto"]:
+    """The WebSocket protocol to serve with: WebSocketProtocol when the installed uvicorn has all
+    it relies on; otherwise one WARNING and uvicorn's own ("auto"), which holds more for each
+    connection and costs more per broadcast, but is correct: the hub then writes every batch
+    through `send` (endpoint.py's `_write_now_on`). So a uvicorn release that renames what this
+    module reads is found at start-up, never as an AttributeError in the middle of a broadcast."""
+    missing = missing_internals()
+    if not missing:
+        return WebSocketProtocol
+    logging.getLogger(__name__).warning(
+        "uvicorn %s lacks what the template's WebSocket protocol relies on (%s): serving with "
+        "uvicorn's own protocol instead, slower but correct",
+        uvicorn.__version__,
+        ", ".join(missing),
+    )
+    return "auto"
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """The probe's application: the probe is never connected, so this never runs."""
