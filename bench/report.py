@@ -535,6 +535,8 @@ def plot(rows: list[dict[str, Any]], path: Path, order: list[str] | None = None)
         "textbook": "#c0504d",
         "raw": "#7f7f7f",
         "textbook-nodeflate": "#e8a33d",
+        "sse-starlette": "#8c6bb1",
+        "fastapi-sse": "#41ab5d",
         "old": "#9fb7cc",
         "new": "#2a7ab9",
     }
