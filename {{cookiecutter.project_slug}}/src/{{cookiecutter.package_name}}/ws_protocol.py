@@ -126,6 +126,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         super().shutdown()  # a close frame (1012) written, the transport closed
         self._abort_unless_flushed()
 
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()  # uvicorn's own pings unanswered: 1011 written, closed
+        self._abort_unless_flushed()
+
     async def run_asgi(self) -> None:
         await super().run_asgi()  # the app is done: the transport closed, or a close timer set
         self._abort_unless_flushed()
