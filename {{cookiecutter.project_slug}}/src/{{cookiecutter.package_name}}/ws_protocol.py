@@ -77,8 +77,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       writes each pong even while writes are paused, so a client that pings and never reads
       would otherwise grow the server's buffers without bound. Not reading is the one bound
       that holds for everything a client sends: its frames wait in the kernel, and its writes
-      block. What is queued for it is then at most the transport's high-water mark (64 KiB)
-      plus the pongs of the one read before the pause.
+      block. What the server holds for it is then its outbox (`HUB_OUTBOX_LIMIT`), the
+      transport's buffer (its high-water mark, 64 KiB, and the write that passed it) and the
+      pongs of the last read (one read is at most 256 KiB).
     - Every ping or pong calls `on_control_frame` (see `attach`): the endpoint counts them
       against the client's rate limit, as it does messages, and as a sign that it is there.
     - A close that the client does not complete within `close_timeout` (the closing handshake,
@@ -138,6 +139,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def shutdown(self) -> None:
         super().shutdown()  # a close frame (1012) written, the transport closed
+        self._abort_unless_flushed()
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()  # uvicorn's own pings unanswered: 1011 written, closed
         self._abort_unless_flushed()
 
     async def run_asgi(self) -> None:
