@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
@@ -89,8 +87,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       endpoint aborts at once a connection whose close frame cannot even be written (`abort`).
     """
 
-    # Until `attach`: a class attribute, so nothing per connection.
+    # Until `attach`: class attributes, so nothing per connection. A handshake refused with an
+    # HTTP response is never attached, and its response may not be taken either.
     on_control_frame: Callable[[], object] | None = None
+    close_timeout: float = 2.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -221,13 +221,28 @@ def _text_frame(text: str) -> bytes:
 UVICORN_ATTRIBUTES = (
     "conn",
     "transport",
+    "loop",
+    "queue",
+    "read_paused",
+    "close_timer",
     "close_sent",
     "disconnected",
+    "handshake_initiated",
     "handshake_complete",
     "initial_response",
     "writable",
+    # Methods WebSocketProtocol extends: each is called by uvicorn, so a rename would leave
+    # the override silently unused.
+    "handle_ping",
+    "handle_pong",
+    "pause_writing",
+    "resume_writing",
+    "receive",
+    "shutdown",
+    "run_asgi",
+    "keepalive_timeout",
 )
-CONNECTION_ATTRIBUTES = ("state", "extensions", "send_text", "data_to_send")
+CONNECTION_ATTRIBUTES = ("state", "extensions", "send_text", "data_to_send", "handshake_exc")
 
 
 def missing_internals(base: type[WebSocketsSansIOProtocol] | None = None) -> list[str]:
