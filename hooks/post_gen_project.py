@@ -142,7 +142,7 @@ def next_steps(project: Path, shell_folder: Path) -> str:
     relative = os.path.relpath(project, shell_folder)
     steps = [f"cd {project if relative.startswith(os.pardir) else relative}"]
     if not in_repository:
-        steps.append("git init                    # pre-commit installs its hooks into a repository")
+        steps.append("git init                    # pre-commit installs into a repository")
     steps += [
         "uv sync                     # .venv with the dev tools; commit the uv.lock it writes",
         "uv run pre-commit install   # ruff and mypy at every commit",
