@@ -27,6 +27,7 @@ from .health import Readiness, health_router
 from .heartbeat import Heartbeat
 {%- endif %}
 from .hub import Hub
+from .log_redaction import install_log_filters
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -48,6 +49,9 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Here, not in `serve`: however the app is run (uvicorn's command line too), no query
+    # string (a token) reaches uvicorn's log.
+    install_log_filters()
     hub = Hub()
     readiness = Readiness()
 {%- if cookiecutter.use_sse and cookiecutter.use_redis %}

@@ -42,6 +42,12 @@ from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .connection_log import (
+    Transport,
+    log_connection_closed,
+    log_connection_opened,
+    log_connection_refused,
+)
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
 from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
@@ -181,6 +187,9 @@ def http_user(identify: Identify) -> IdentifyRequest:
         try:
             return await identify(request)
         except HandshakeRefused as refusal:
+            # GET /sse or POST /publish.
+            transport: Transport = "sse" if request.method == "GET" else "http"
+            log_connection_refused(transport, refusal.status_code, refusal.detail, request.client)
             raise HTTPException(refusal.status_code, refusal.detail) from None
 
     return identity
@@ -253,16 +262,19 @@ class EventStream(Response):
         # Expired credentials end the stream, as they close a WebSocket.
         expiry = close_on_expiry(connection, self.identity)
         tasks: list[asyncio.Task[None]] = []
+        started: float | None = None
         try:
             for room in self.rooms:
                 sse.hub.join(connection, room)
             try:
                 await sse.listening(self.rooms)
             except ProtocolError as unavailable:
+                log_connection_refused("sse", 503, unavailable.detail, scope.get("client"))
                 await send({"type": "http.response.start", "status": 503, "headers": []})
                 await send({"type": "http.response.body", "body": unavailable.detail.encode()})
                 return
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            started = log_connection_opened(connection, "sse", scope.get("client"))
             await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
             tasks = [
                 asyncio.create_task(self._deliver(connection), name=f"writer-{connection.id}"),
@@ -277,6 +289,8 @@ class EventStream(Response):
                 expiry.cancel()
             for task in tasks:
                 task.cancel()
+            if started is not None:
+                log_connection_closed(connection, "sse", started)
             sse.streams.discard(connection)
             sse.hub.remove(connection)
         await asyncio.wait(tasks)
