@@ -64,10 +64,20 @@ async def until(condition: Any, what: str, attempts: int = 200) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+def started_workers(server: Server) -> set[int]:
+    return {
+        line["pid"] for line in json_lines(server) if line["msg"] == "Application startup complete."
+    }
+
+
+# Two processes start, each importing everything: slow on a loaded machine.
+@pytest.mark.timeout(180)
 async def test_two_workers_deliver_what_either_publishes_to_every_client_once(
     start_server: StartServer,
 ) -> None:
     server = start_server("-m", PACKAGE, "serve", "--workers", "2", SERVER_LOG_FORMAT="json")
+    # The first to start takes every connection until the other does.
+    await until(lambda: len(started_workers(server)) == 2, "both workers start", attempts=1200)
     clients: list[Client] = []
     workers: dict[int, list[Client]] = {}
     while len(workers) < 2 and len(clients) < MOST_CLIENTS:
