@@ -9,8 +9,8 @@ import socket
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import ClientConnection{% if cookiecutter.auth != "none" %}, connect{% endif %}
+from websockets.exceptions import ConnectionClosed{% if cookiecutter.auth != "none" %}, InvalidStatus{% endif %}
 
 from .conftest import PACKAGE, Server, StartServer
 

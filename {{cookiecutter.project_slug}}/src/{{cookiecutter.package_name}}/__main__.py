@@ -79,9 +79,13 @@ def settings_errors(error: ValidationError) -> list[str]:
     prefix = prefixes.get(error.title, "")
     lines = []
     for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check of the whole group, whose message names its variables
+            lines.append(message)
+            continue
         name, *within = item["loc"]
         where = "".join(f"[{part}]" for part in within)
-        lines.append(f"{prefix}{name}".upper() + f"{where}: {item['msg']}")
+        lines.append(f"{prefix}{name}".upper() + f"{where}: {message}")
     return lines
 
 
