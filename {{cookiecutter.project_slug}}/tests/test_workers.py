@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection
 from .conftest import PACKAGE, Server, StartServer
 from .messages import next_message
 from .test_logs import json_lines, send_every_target_form
+from .test_metrics import scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +107,10 @@ async def test_two_workers_deliver_what_either_publishes_to_every_client_once(
         counts = Counter(client.received)
         assert counts["from the first worker"] == 1, client.received
         assert counts["from the second worker"] == 1, client.received
+
+    # Whichever worker answers a scrape reports the sum over both (multiprocess mode).
+    open_connections = scrape(server)[("realtime_connections", (("transport", "ws"),))]
+    assert open_connections == len(clients)
 
     secret = f"s3cret-{os.urandom(8).hex()}"
     send_every_target_form(server, secret)

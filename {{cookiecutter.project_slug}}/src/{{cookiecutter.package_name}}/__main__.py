@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import ValidationError
@@ -18,6 +20,10 @@ from .ws_protocol import WebSocketProtocol
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
+    if settings.server.workers > 1:
+        # Each worker keeps its metrics there, and any of them answers a scrape with the sum
+        # (prometheus-client's multiprocess mode, metrics.py); fresh on every start.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
     uvicorn.run(
         f"{__package__}.app:create_app",
         factory=True,

@@ -28,6 +28,7 @@ from .heartbeat import Heartbeat
 {%- endif %}
 from .hub import Hub
 from .log_redaction import install_log_filters
+from .metrics import counting_rooms, metrics_router
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -72,8 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_redis %}
     readiness.add_check("redis", lambda: broker.ready)
 {%- endif %}
-    hub.on_room_opened = broker.subscribe
-    hub.on_room_closed = broker.unsubscribe
+    hub.on_room_opened, hub.on_room_closed = counting_rooms(broker.subscribe, broker.unsubscribe)
     protocol = Protocol()
     publisher = Publisher(broker)
     protocol.on("publish", Publish, publisher.handle)
@@ -165,6 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router())
 {%- endif %}
     app.include_router(health_router(readiness, hub))
+    if settings.server.metrics:
+        app.include_router(metrics_router())
 {%- if cookiecutter.use_sse %}
     app.state.sse = sse
     app.include_router(sse.router())

@@ -6,7 +6,8 @@ who closed it (`by`: `client` or `server`), the close code, the reason, how long
 (`duration_s`) and its rooms. A server-initiated close for abuse or trouble (1008 policy, 1009
 too big, 1011 internal error, 1013 slow consumer) is a WARNING; every other line is INFO.
 
-Called when a connection opens and when it ends, never on the fan-out path. The fields travel
+Each also counts the event (`metrics.py`). Called when a connection opens and when it ends,
+never on the fan-out path. The fields travel
 as data (`logs.EVENT_FIELDS`): JSON lines carry them as keys, text lines as `key=value`.
 """
 
@@ -21,6 +22,7 @@ from starlette import status
 
 from .hub import Connection
 from .logs import EVENT_FIELDS
+from .metrics import CONNECTIONS, REFUSALS, count_close
 
 __all__ = [
     "CLOSED_BY_THE_SERVER_ITSELF",
@@ -59,6 +61,7 @@ _WARNING_CODES = frozenset(
 
 def log_connection_opened(connection: Connection, transport: Transport, client: Client) -> float:
     """Log the open; return the time it opened, for `log_connection_closed`."""
+    CONNECTIONS.labels(transport).inc()
     if logger.isEnabledFor(logging.INFO):
         _log(
             logging.INFO,
@@ -87,6 +90,7 @@ def log_connection_closed(
         by, code, reason = "server", connection.close_code, connection.close_reason
     elif code in CLOSED_BY_THE_SERVER_ITSELF:
         by = "server"
+    count_close(transport, code, by)
     level = logging.WARNING if by == "server" and code in _WARNING_CODES else logging.INFO
     if logger.isEnabledFor(level):
         _log(
@@ -107,6 +111,7 @@ def log_connection_refused(
     transport: Transport, status_code: int, reason: str, client: Client
 ) -> None:
     """Log a handshake (or stream, or publish) refused with an HTTP status, before accept."""
+    REFUSALS.labels(transport, str(status_code)).inc()
     _log(
         logging.INFO,
         "connection refused",

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocketState
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
+from .metrics import MESSAGES_RECEIVED
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
 from .settings import HubSettings
@@ -161,6 +162,7 @@ class Endpoint:
             if event["type"] == "websocket.disconnect":
                 return event
             connection.last_seen = loop.time()
+            MESSAGES_RECEIVED.inc()
             text: str | None = event.get("text")
             if not bucket.take():
                 connection.close(status.WS_1008_POLICY_VIOLATION, "rate limit exceeded")

@@ -9,6 +9,7 @@ from starlette import status
 
 from .broker import Broker, Sent
 from .hub import Connection
+from .metrics import MESSAGES_PUBLISHED
 from .protocol import ErrorCode, ProtocolError, Publish, encode, error_frame
 
 __all__ = ["Publisher", "message_frame"]
@@ -36,6 +37,7 @@ class Publisher:
             raise ProtocolError(
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"
             )
+        MESSAGES_PUBLISHED.inc()
         sent = self.broker.publish(
             message.room, message_frame(message.room, connection.user, message.data)
         )
@@ -45,6 +47,7 @@ class Publisher:
 
     async def publish(self, room: str, sender: str, data: object) -> str | None:
         """Send a message to every member of `room`; return its event id, if it has one."""
+        MESSAGES_PUBLISHED.inc()
         return await self.broker.publish(room, message_frame(room, sender, data))
 
 

@@ -46,6 +46,8 @@ class ServerSettings(BaseSettings):
     # Processes serving the port (uvicorn's supervisor restarts any that dies). More than one
     # needs Redis, through which they share rooms.
     workers: int = Field(default=1, ge=1)
+    # Prometheus metrics at GET /metrics (metrics.py).
+    metrics: bool = True
     # On SIGTERM open sockets are closed with 1012 (service restart) at once; this bounds how
     # long the process then waits for handlers to finish before it cancels them and exits.
     shutdown_timeout_seconds: int = Field(default=5, ge=0)
