@@ -10,6 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+{%- if cookiecutter.use_sse %}
+
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
+{%- endif %}
 
 from .conftest import Server, StartServer
 from .messages import next_message
@@ -69,3 +73,27 @@ async def test_metrics_count_connections_messages_and_closes(start_server: Start
     assert after[("realtime_rooms", ())] == 0
     assert after[("realtime_closes_total", (("by", "server"), ("code", "1008")))] == 1
     assert after[("realtime_closes_total", (("by", "client"), ("code", "1000")))] == 1
+{%- if cookiecutter.use_redis %}
+
+    assert after[("realtime_redis_up", ())] == 1
+    assert after[("realtime_redis_connects_total", ())] == 1
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+
+
+async def test_metrics_count_sse_streams_and_resumes(start_server: StartServer) -> None:
+    server = start_server()
+    # An id this server never gave: the stream resumes, and must resync its room.
+    async with (
+        server.http_client(timeout=10) as http,
+        http.stream("GET", "/sse", headers={"Last-Event-ID": f"{DEFAULT_ROOM}=1-1"}) as stream,
+    ):
+        assert stream.status_code == 200
+        async for line in stream.aiter_lines():
+            if line.startswith("event: resync"):
+                break
+        during = scrape(server)
+    assert during[("realtime_connections", (("transport", "sse"),))] == 1
+    assert during[("realtime_sse_resumes_total", ())] == 1
+    assert during[("realtime_sse_resyncs_total", ())] == 1
+{%- endif %}

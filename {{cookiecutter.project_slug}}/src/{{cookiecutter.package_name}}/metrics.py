@@ -35,7 +35,11 @@ __all__ = [
     "MESSAGES_DROPPED",
     "MESSAGES_PUBLISHED",
     "MESSAGES_RECEIVED",
+    "REDIS_CONNECTS",
+    "REDIS_UP",
     "ROOMS",
+    "SSE_RESUMES",
+    "SSE_RESYNCS",
     "count_close",
     "counting_rooms",
     "metrics_router",
@@ -66,6 +70,18 @@ MESSAGES_DROPPED = Counter(
 CLOSES = Counter("realtime_closes", "Connections closed, by close code and by whom", ["code", "by"])
 SLOW_CONSUMER_CLOSES = Counter(
     "realtime_slow_consumer_closes", "Connections closed as slow consumers (1013)"
+)
+SSE_RESUMES = Counter("realtime_sse_resumes", "SSE streams that resumed from a Last-Event-ID")
+SSE_RESYNCS = Counter(
+    "realtime_sse_resyncs", "Rooms of a resuming stream whose events were no longer kept"
+)
+REDIS_UP = Gauge(
+    "realtime_redis_up",
+    "1 while the Redis listener is connected (with several workers: the lowest of them)",
+    multiprocess_mode="livemin",
+)
+REDIS_CONNECTS = Counter(
+    "realtime_redis_connects", "Connections of the Redis listener made: the first, then reconnects"
 )
 REFUSALS = Counter(
     "realtime_handshakes_refused",

@@ -50,6 +50,7 @@ from .connection_log import (
 )
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
+from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
 from .publishing import Publisher
 
@@ -321,6 +322,8 @@ class EventStream(Response):
     async def _replay(self) -> None:
         missed: list[tuple[tuple[int, ...], str, str, str]] = []
         lost: list[str] = []
+        if any(room in self.cursor for room in self.rooms):
+            SSE_RESUMES.inc()
         for room in self.rooms:
             last_id = self.cursor.get(room)
             if last_id is None:
@@ -332,6 +335,7 @@ class EventStream(Response):
                 continue
             missed += [(order(event_id), room, event_id, frame) for event_id, frame in events]
         if lost:
+            SSE_RESYNCS.inc(len(lost))
             detail = "events were missed and are no longer kept: reload the state of these rooms"
             frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
             await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
