@@ -16,11 +16,16 @@ from .conftest import PACKAGE, Server, StartServer
 
 pytestmark = pytest.mark.anyio
 
+# uvicorn's own command line, which the README names too.
+UVICORN = ("-m", "uvicorn", "--factory", f"{PACKAGE}.app:create_app")
 # Every documented way to start the service: the arguments of `python`.
 WAYS_TO_RUN = {
     "python -m package": ("-m", PACKAGE),
     "python -m package serve": ("-m", PACKAGE, "serve"),
-    "uvicorn's command line": ("-m", "uvicorn", "--factory", f"{PACKAGE}.app:create_app"),
+    "uvicorn's command line": UVICORN,
+{%- if cookiecutter.use_redis %}
+    "uvicorn's command line, two workers": (*UVICORN, "--workers", "2"),
+{%- endif %}
 }
 
 
