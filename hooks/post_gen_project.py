@@ -35,6 +35,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/redis_broker.py",
         "tests/redis_server.py",
         "tests/test_redis_broker.py",
+        "tests/test_workers.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",

@@ -133,17 +133,21 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start the service in its own process with settings from environment variables."""
     servers: list[Server] = []
 
-    def start(**environment: str) -> Server:
+    def start(*command: str, **environment: str) -> Server:
+        """`command`: the arguments of `python`, `-m <package>` unless given (uvicorn's command
+        line reads the host and port from UVICORN_HOST and UVICORN_PORT)."""
         port = free_port()
         log = tmp_path / f"server-{port}.log"
-        env = os.environ | {"SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port)} | environment
+        address = {"HOST": "127.0.0.1", "PORT": str(port)}
+        env = os.environ | {f"SERVER_{key}": value for key, value in address.items()}
+        env |= {f"UVICORN_{key}": value for key, value in address.items()} | environment
 {%- if cookiecutter.auth != "none" %}
         env = {"AUTH_SECRET": TEST_SECRET} | env
 {%- endif %}
         with log.open("w") as sink:
             # The working directory is empty, so no stray `.env` changes the settings.
             process = subprocess.Popen(
-                [sys.executable, "-m", PACKAGE],
+                [sys.executable, *(command or ("-m", PACKAGE))],
                 cwd=tmp_path,
                 env=env,
                 stdout=sink,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
-import logging.config
 
-from uvicorn.config import LOGGING_CONFIG
+import pytest
 
 from {{ cookiecutter.package_name }}.log_redaction import (
+    UVICORN_LOGGERS,
     QueryStringRedactor,
     RefusedHandshakeNoise,
-    log_config,
+    install_log_filters,
     redact_query,
 )
 
@@ -19,6 +19,22 @@ from {{ cookiecutter.package_name }}.log_redaction import (
 def test_redact_query_keeps_the_path_and_hides_the_query() -> None:
     assert redact_query("/ws?token=abc.def.ghi&room=a") == "/ws?[redacted]"
     assert redact_query("/healthz") == "/healthz"
+
+
+@pytest.mark.parametrize(
+    ("target", "logged"),
+    [
+        ("http%3A//host%3A80/sse?token=t0k", "http%3A//host%3A80/sse?[redacted]"),  # absolute
+        ("%2A?token=t0k", "%2A?[redacted]"),  # asterisk-form with a query
+        ("sse?token=t0k", "sse?[redacted]"),  # no leading slash
+        ("/sse%3Ftoken%3Dt0k", "/sse?[redacted]"),  # an encoded question mark
+        ("/sse%3ftoken%3Dt0k", "/sse?[redacted]"),
+        ("%2A", "%2A"),
+    ],
+)
+def test_every_request_target_form_is_redacted(target: str, logged: str) -> None:
+    """uvicorn logs the path percent-encoded, then the query (see log_redaction.py)."""
+    assert redact_query(target) == logged
 
 
 def record(message: str, *args: object, name: str = "uvicorn.access") -> logging.LogRecord:
@@ -42,21 +58,20 @@ def test_only_the_refused_handshake_false_alarm_is_dropped() -> None:
     assert noise.filter(record("Exception in ASGI application\n"))
 
 
-def test_uvicorns_logging_config_gets_the_filters_on_every_handler() -> None:
-    config = log_config(LOGGING_CONFIG)
-    assert config["handlers"], "uvicorn's config names its handlers"
-    for handler in config["handlers"].values():
-        assert "redact_query_strings" in handler["filters"]
-        assert "refused_handshake_noise" in handler["filters"]
-    assert "filters" not in LOGGING_CONFIG["handlers"]["default"], "the original is unchanged"
-
-    logging.config.dictConfig(config)
+def test_the_filters_sit_on_uvicorns_loggers_whatever_the_handlers() -> None:
+    """On the loggers, not their handlers: a handler configured by anyone (uvicorn's default, a
+    `--log-config` file) gets records already redacted."""
+    install_log_filters()
+    install_log_filters()  # idempotent
     stream = io.StringIO()
-    handler = logging.getLogger("uvicorn.access").handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(stream)
-    logging.getLogger("uvicorn.access").info(
-        '%s - "%s %s HTTP/%s" %d', "1.2.3.4:5", "GET", "/ws?token=s3cret", "1.1", 101
-    )
+    handler = logging.StreamHandler(stream)
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        assert [type(f) for f in logger.filters].count(QueryStringRedactor) == 1
+        logger.addHandler(handler)
+        try:
+            logger.warning('%s - "WebSocket %s" 403', "1.2.3.4:5", "ws?token=s3cret")
+        finally:
+            logger.removeHandler(handler)
     assert "s3cret" not in stream.getvalue()
-    assert "/ws?[redacted]" in stream.getvalue()
+    assert stream.getvalue().count("ws?[redacted]") == len(UVICORN_LOGGERS)

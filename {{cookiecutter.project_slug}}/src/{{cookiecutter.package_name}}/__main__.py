@@ -1,27 +1,40 @@
-"""Command line: `python -m <package>` serves the app (`serve --reload` while developing)."""
+"""Command line: `python -m <package>` serves the app (`serve --reload` while developing,
+`serve --workers N` to use N cores)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 import uvicorn
 from pydantic import ValidationError
-from uvicorn.config import LOGGING_CONFIG
+from pydantic_settings import BaseSettings
 {% if cookiecutter.auth == "query_token" %}
 from .auth_token import print_token
 {%- endif %}
-from .log_redaction import log_config
-from .settings import Settings
+from .logs import log_config
+from .settings import ServerSettings, Settings
 from .ws_protocol import serving_protocol
 
 
 def serve(settings: Settings, *, reload: bool) -> None:
+    if settings.server.workers > 1:
+        # Each worker keeps its metrics there, and any of them answers a scrape with the sum
+        # (prometheus-client's multiprocess mode, metrics.py); fresh on every start.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="metrics-"))
     uvicorn.run(
         f"{__package__}.app:create_app",
         factory=True,
         host=settings.server.host,
         port=settings.server.port,
+        # Several processes on one port: uvicorn's supervisor binds the socket, starts each
+        # worker as a fresh process that builds the app from the string above and gets every
+        # option below (the protocol class, the log configuration), restarts any that dies and
+        # hands each SIGTERM on. The app brings the rest itself (log redaction, GC pacing,
+        # heartbeats), in every worker.
+        workers=settings.server.workers,
         log_level=settings.server.log_level,
         reload=reload,
         # uvicorn's sans-I/O websockets implementation (the fastest of its three, measured),
@@ -39,9 +52,54 @@ def serve(settings: Settings, *, reload: bool) -> None:
         ws_ping_interval=None,
         ws_ping_timeout=None,
 {%- endif %}
-        # Query strings may carry credentials; uvicorn would log them with every request.
-        log_config=log_config(LOGGING_CONFIG),
+        # uvicorn's lines and the service's in one format (SERVER_LOG_FORMAT); the app itself
+        # keeps query strings, which may carry credentials, out of them (log_redaction.py).
+        log_config=log_config(settings.server.log_format, settings.server.log_level),
     )
+
+
+def refusal_to_serve(server: ServerSettings, *, reload: bool) -> str | None:
+    """Why these settings cannot be served, if they cannot."""
+    if server.workers > 1 and reload:
+        return "--reload serves one process: it cannot be combined with --workers above 1"
+{%- if not cookiecutter.use_redis %}
+    if server.workers > 1:
+        # Each worker would have rooms of its own, and a message would reach only the clients
+        # of the worker it was sent to, silently.
+        return (
+            f"--workers {server.workers} (SERVER_WORKERS) needs Redis, through which workers "
+            "share rooms: this project was generated without it (use_redis)"
+        )
+{%- endif %}
+    return None
+
+
+def settings_errors(error: ValidationError) -> list[str]:
+    """Each error as `VARIABLE: what is wrong`, naming the environment variable (or `.env`
+    line) to fix; never the value, which may be a secret."""
+    prefixes = {
+        group.__name__: group.model_config.get("env_prefix", "")
+        for field in Settings.model_fields.values()
+        if isinstance(group := field.annotation, type) and issubclass(group, BaseSettings)
+    }
+    prefix = prefixes.get(error.title, "")
+    lines = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check of the whole group, whose message names its variables
+            lines.append(message)
+            continue
+        name, *within = item["loc"]
+        where = "".join(f"[{part}]" for part in within)
+        lines.append(f"{prefix}{name}".upper() + f"{where}: {message}")
+    return lines
+
+
+def at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_command.add_argument("--reload", action="store_true", help="restart on code changes")
     serve_command.add_argument("--host", help="overrides SERVER_HOST")
     serve_command.add_argument("--port", type=int, help="overrides SERVER_PORT")
+    serve_command.add_argument(
+        "--workers", type=at_least_one, help="processes to serve with; overrides SERVER_WORKERS"
+    )
 {%- if cookiecutter.auth == "query_token" %}
     token_command = commands.add_parser("token", help="print a signed token for USER")
     token_command.add_argument("user", metavar="USER")
@@ -61,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as error:
-        # A clear refusal to start, naming each setting at fault, rather than a traceback.
-        print(f"error: invalid settings: {error}", file=sys.stderr)
+        # A clear refusal to start, naming each variable at fault, rather than a traceback.
+        print(f"error: invalid settings: {'; '.join(settings_errors(error))}", file=sys.stderr)
         return 2
 {%- if cookiecutter.auth == "query_token" %}
     if args.command == "token":
@@ -71,11 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "serve"):
         overrides = {
             name: value
-            for name in ("host", "port")
+            for name in ("host", "port", "workers")
             if (value := getattr(args, name, None)) is not None
         }
         settings.server = settings.server.model_copy(update=overrides)
-        serve(settings, reload=getattr(args, "reload", False))
+        reload = getattr(args, "reload", False)
+        if refusal := refusal_to_serve(settings.server, reload=reload):
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
+        serve(settings, reload=reload)
     return 0
 
 

@@ -29,6 +29,8 @@ from .health import Readiness, health_router
 from .heartbeat import Heartbeat
 {%- endif %}
 from .hub import Hub
+from .log_redaction import install_log_filters
+from .metrics import counting_rooms, metrics_router
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -50,6 +52,9 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Here, not in `serve`: however the app is run (uvicorn's command line too), no query
+    # string (a token) reaches uvicorn's log.
+    install_log_filters()
     hub = Hub()
     readiness = Readiness()
     capacity = Capacity(hub, settings.capacity)
@@ -72,8 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_redis %}
     readiness.add_check("redis", lambda: broker.ready)
 {%- endif %}
-    hub.on_room_opened = broker.subscribe
-    hub.on_room_closed = broker.unsubscribe
+    hub.on_room_opened, hub.on_room_closed = counting_rooms(broker.subscribe, broker.unsubscribe)
     protocol = Protocol()
     publisher = Publisher(broker)
     protocol.on("publish", Publish, publisher.handle)
@@ -169,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router())
 {%- endif %}
     app.include_router(health_router(readiness, hub))
+    if settings.server.metrics:
+        app.include_router(metrics_router())
 {%- if cookiecutter.use_sse %}
     app.state.sse = sse
     app.include_router(sse.router())

@@ -24,11 +24,13 @@ from fastapi import FastAPI, WebSocket
 from fastapi.routing import APIWebSocketRoute
 from starlette import status
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
+from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
+from .metrics import MESSAGES_RECEIVED
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
 from .settings import HubSettings
@@ -83,6 +85,7 @@ class Endpoint:
         try:
             identity = await self.identify(websocket)
         except HandshakeRefused as refusal:
+            log_connection_refused("ws", refusal.status_code, refusal.detail, websocket.client)
             # An HTTP response to the upgrade request: the socket is never accepted.
             await websocket.send_denial_response(
                 Response(refusal.detail, status_code=refusal.status_code, headers=refusal.headers)
@@ -109,8 +112,11 @@ class Endpoint:
                 on_control_frame=functools.partial(_control_frame, connection, bucket),
                 close_timeout=self.settings.close_timeout_seconds,
             )
+        started: float | None = None
+        disconnect: Message | None = None
         try:
             self.on_open(connection, websocket)
+            started = log_connection_opened(connection, "ws", websocket.client)
             connection.offer(
                 encode(
                     {
@@ -122,7 +128,7 @@ class Endpoint:
                     | self.welcome
                 )
             )
-            await self._read_loop(websocket, connection, bucket)
+            disconnect = await self._read_loop(websocket, connection, bucket)
         except asyncio.CancelledError:
             if not connection.interrupted():
                 raise
@@ -135,6 +141,8 @@ class Endpoint:
             if expiry is not None:
                 expiry.cancel()
             writer.cancel()
+            if started is not None:
+                log_connection_closed(connection, "ws", started, disconnect)
             self.hub.remove(connection)
         await asyncio.wait((writer,))
         if connection.close_code is not None:
@@ -161,22 +169,24 @@ class Endpoint:
 
     async def _read_loop(
         self, websocket: WebSocket, connection: Connection, bucket: TokenBucket
-    ) -> None:
-        """Read frames until the client leaves or the connection is condemned."""
+    ) -> Message | None:
+        """Read frames until the client leaves (then its disconnect event) or the connection is
+        condemned."""
         loop = asyncio.get_running_loop()
         max_bytes = self.settings.max_message_bytes
         while connection.state is ConnectionState.OPEN:
             event = await websocket.receive()
             if event["type"] == "websocket.disconnect":
-                return
+                return event
             connection.last_seen = loop.time()
+            MESSAGES_RECEIVED.inc()
             text: str | None = event.get("text")
             if not bucket.take():
                 connection.close(status.WS_1008_POLICY_VIOLATION, "rate limit exceeded")
-                return
+                return None
             if _size(event) > max_bytes:
                 connection.close(status.WS_1009_MESSAGE_TOO_BIG, f"limit is {max_bytes} bytes")
-                return
+                return None
             if text is None:
                 connection.offer(
                     error_frame(ErrorCode.BINARY_NOT_SUPPORTED, "send JSON text frames")
@@ -190,7 +200,8 @@ class Endpoint:
             except Exception:
                 logger.exception("handler failed on %r", connection)
                 connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
-                return
+                return None
+        return None
 
 
 class RealtimeApp(FastAPI):

@@ -9,6 +9,7 @@ from starlette import status
 
 from .broker import Broker, Sent
 from .hub import Connection
+from .metrics import MESSAGES_PUBLISHED
 from .protocol import ErrorCode, ProtocolError, Publish, UnencodableFrame, encode, error_frame
 
 __all__ = ["Publisher", "message_frame"]
@@ -37,6 +38,7 @@ class Publisher:
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"
             )
         frame = _frame_or_refuse(message.room, connection.user, message.data, connection)
+        MESSAGES_PUBLISHED.inc()
         sent = self.broker.publish(message.room, frame)
         # Not awaited: the sender's next message is read while this one travels (with Redis,
         # all that are waiting go in one round trip). A failure still reaches the sender.
@@ -45,6 +47,7 @@ class Publisher:
     async def publish(self, room: str, sender: str, data: object) -> str | None:
         """Send a message to every member of `room`; return its event id, if it has one."""
         frame = _frame_or_refuse(room, sender, data, f"POST /publish by {sender!r}")
+        MESSAGES_PUBLISHED.inc()
         return await self.broker.publish(room, frame)
 
 

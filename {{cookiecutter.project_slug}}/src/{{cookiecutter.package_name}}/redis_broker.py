@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from .broker import Broker, BrokerUnavailable, Sent
 from .hub import Hub
+from .metrics import REDIS_CONNECTS, REDIS_UP
 
 __all__ = ["HISTORY_FIELD", "RedisBroker", "RedisSettings", "history_key", "redis_client"]
 
@@ -280,6 +281,7 @@ class RedisBroker(Broker):
             finally:
                 failures += 1
                 self._connected = False
+                REDIS_UP.set(0)
                 self._confirmed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -327,6 +329,8 @@ class RedisBroker(Broker):
             subscribed = wanted
             if not self._connected:
                 self._connected = True
+                REDIS_UP.set(1)
+                REDIS_CONNECTS.inc()
                 self._first_attempt.set()
                 logger.info(
                     "redis connected at %s; listening to %d rooms",

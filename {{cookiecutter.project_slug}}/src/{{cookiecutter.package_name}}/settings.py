@@ -20,6 +20,7 @@ from .capacity import CapacitySettings
 from .heartbeat import HeartbeatSettings
 {%- endif %}
 from .hub import SlowConsumerPolicy
+from .logs import LogFormat
 {%- if cookiecutter.use_redis %}
 from .redis_broker import RedisSettings
 {%- endif %}
@@ -41,6 +42,13 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # text (timestamp, level, logger, message) or json (one object per line; logs.py).
+    log_format: LogFormat = "text"
+    # Processes serving the port (uvicorn's supervisor restarts any that dies). More than one
+    # needs Redis, through which they share rooms.
+    workers: int = Field(default=1, ge=1)
+    # Prometheus metrics at GET /metrics (metrics.py).
+    metrics: bool = True
     # On SIGTERM open sockets are closed with 1012 (service restart) at once; this bounds how
     # long the process then waits for handlers to finish before it cancels them and exits.
     shutdown_timeout_seconds: int = Field(default=5, ge=0)

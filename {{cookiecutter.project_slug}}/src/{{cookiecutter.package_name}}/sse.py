@@ -43,8 +43,15 @@ from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .connection_log import (
+    Transport,
+    log_connection_closed,
+    log_connection_opened,
+    log_connection_refused,
+)
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
+from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .protocol import (
     DEFAULT_ROOM,
     ErrorCode,
@@ -213,6 +220,9 @@ def http_user(identify: Identify) -> IdentifyRequest:
         try:
             return await identify(request)
         except HandshakeRefused as refusal:
+            # GET /sse or POST /publish.
+            transport: Transport = "sse" if request.method == "GET" else "http"
+            log_connection_refused(transport, refusal.status_code, refusal.detail, request.client)
             raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
 
     return identity
@@ -303,16 +313,19 @@ class EventStream(Response):
         # Expired credentials end the stream, as they close a WebSocket.
         expiry = close_on_expiry(connection, self.identity)
         tasks: list[asyncio.Task[None]] = []
+        started: float | None = None
         try:
             for room in self.rooms:
                 sse.hub.join(connection, room)
             try:
                 await sse.listening(self.rooms)
             except ProtocolError as unavailable:
+                log_connection_refused("sse", 503, unavailable.detail, scope.get("client"))
                 await send({"type": "http.response.start", "status": 503, "headers": []})
                 await send({"type": "http.response.body", "body": unavailable.detail.encode()})
                 return
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            started = log_connection_opened(connection, "sse", scope.get("client"))
             await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
             tasks = [
                 asyncio.create_task(self._deliver(connection), name=f"writer-{connection.id}"),
@@ -327,6 +340,8 @@ class EventStream(Response):
                 expiry.cancel()
             for task in tasks:
                 task.cancel()
+            if started is not None:
+                log_connection_closed(connection, "sse", started)
             sse.streams.discard(connection)
             sse.hub.remove(connection)
         await asyncio.wait(tasks)
@@ -365,6 +380,8 @@ class EventStream(Response):
     async def _replay(self) -> None:
         missed: list[tuple[tuple[int, ...], str, str, str]] = []
         lost: list[str] = []
+        if any(room in self.cursor for room in self.rooms):
+            SSE_RESUMES.inc()
         for room in self.rooms:
             last_id = self.cursor.get(room)
             if last_id is None:
@@ -376,6 +393,7 @@ class EventStream(Response):
                 continue
             missed += [(order(event_id), room, event_id, frame) for event_id, frame in events]
         if lost:
+            SSE_RESYNCS.inc(len(lost))
             detail = "events were missed and are no longer kept: reload the state of these rooms"
             frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
             await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
