@@ -141,6 +141,8 @@ class Endpoint:
             if expiry is not None:
                 expiry.cancel()
             writer.cancel()
+            if ws_protocol is not None:
+                ws_protocol.detach()
             if started is not None:
                 log_connection_closed(connection, "ws", started, disconnect)
             self.hub.remove(connection)

@@ -204,8 +204,18 @@ class Connection:
     def start_writer(self) -> asyncio.Task[None]:
         if self._writer is not None:
             raise RuntimeError(f"Expected no writer for {self!r}, got {self._writer!r}")
-        self._writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
-        return self._writer
+        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        writer.add_done_callback(self._forget_writer)
+        self._writer = writer
+        return writer
+
+    def _forget_writer(self, writer: asyncio.Task[None]) -> None:
+        # A cancelled writer keeps its CancelledError, whose traceback holds the writer's frame,
+        # which holds this connection, which holds the writer: a cycle that only a full garbage
+        # collection would free, for every closed connection. Letting go of the finished writer
+        # breaks it, so reference counting frees the connection the moment it is forgotten.
+        if self._writer is writer:
+            self._writer = None
 
     @property
     def pending(self) -> int:

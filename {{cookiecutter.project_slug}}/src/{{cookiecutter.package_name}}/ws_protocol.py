@@ -102,6 +102,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_control_frame = on_control_frame
         self.close_timeout = close_timeout
 
+    def detach(self) -> None:
+        """Called by the endpoint when the connection is over: the callback refers to the
+        connection, whose send functions refer back to this protocol, a reference cycle that
+        only a full garbage collection would free, for every closed connection."""
+        self.on_control_frame = None
+
     def abort(self) -> None:
         """Drop the connection now, with no closing handshake: for a client that is not taking
         its close frame. Its fd and buffers are released at once."""
