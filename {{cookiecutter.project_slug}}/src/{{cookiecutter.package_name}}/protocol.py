@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from .hub import Connection
 
 __all__ = [
     "DEFAULT_ROOM",
+    "MAX_KEY_LENGTH",
     "ErrorCode",
     "Message",
     "Protocol",
@@ -37,6 +38,8 @@ __all__ = [
 # Without the rooms feature every client is in this one room; with it, a client that names no
 # room when it connects joins this one.
 DEFAULT_ROOM = "lobby"
+# The longest publish `key` (a client's idempotency key): long enough for a UUID or a hash.
+MAX_KEY_LENGTH = 128
 
 
 class ErrorCode(enum.StrEnum):
@@ -69,11 +72,16 @@ class Message(BaseModel):
 
 
 class Publish(Message):
-    """Send `data` to everyone in `room` (the sender included), if the sender is a member."""
+    """Send `data` to everyone in `room` (the sender included), if the sender is a member.
+
+    `key`: the sender's own id for the message (an idempotency key); a publish with the key of
+    one of its messages published in the room within `PUBLISH_KEY_WINDOW_SECONDS` is not sent.
+    """
 
     type: Literal["publish"]
     data: JsonValue
     room: str = DEFAULT_ROOM
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
 
 
 M = TypeVar("M", bound=Message)

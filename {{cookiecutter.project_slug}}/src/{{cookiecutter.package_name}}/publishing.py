@@ -11,13 +11,22 @@ from .broker import Broker, Sent
 from .hub import Connection
 from .protocol import ErrorCode, ProtocolError, Publish, encode, error_frame
 
-__all__ = ["Publisher", "message_frame"]
+__all__ = ["Publisher", "message_frame", "scoped_key"]
 
 logger = logging.getLogger(__name__)
 
 
-def message_frame(room: str, sender: str, data: object) -> str:
-    return encode({"type": "message", "room": room, "sender": sender, "data": data})
+def message_frame(room: str, sender: str, data: object, key: str | None = None) -> str:
+    payload: dict[str, object] = {"type": "message", "room": room, "sender": sender, "data": data}
+    if key is not None:
+        payload["key"] = key  # the sender's own id for it: how it recognises its echo
+    return encode(payload)
+
+
+def scoped_key(sender: str, key: str | None) -> str | None:
+    """A publish key as the broker records it: per sender, so that nobody can use another
+    user's keys to suppress their messages. JSON, so that no two (sender, key) pairs meet."""
+    return None if key is None else encode({"u": sender, "k": key})
 
 
 class Publisher:
@@ -37,15 +46,21 @@ class Publisher:
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"
             )
         sent = self.broker.publish(
-            message.room, message_frame(message.room, connection.user, message.data)
+            message.room,
+            message_frame(message.room, connection.user, message.data, message.key),
+            scoped_key(connection.user, message.key),
         )
         # Not awaited: the sender's next message is read while this one travels (with Redis,
         # all that are waiting go in one round trip). A failure still reaches the sender.
         sent.add_done_callback(functools.partial(_report_failure, connection))
 
-    async def publish(self, room: str, sender: str, data: object) -> str | None:
+    async def publish(
+        self, room: str, sender: str, data: object, key: str | None = None
+    ) -> str | None:
         """Send a message to every member of `room`; return its event id, if it has one."""
-        return await self.broker.publish(room, message_frame(room, sender, data))
+        return await self.broker.publish(
+            room, message_frame(room, sender, data, key), scoped_key(sender, key)
+        )
 
 
 def _report_failure(connection: Connection, sent: Sent) -> None:
