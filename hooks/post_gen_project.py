@@ -31,6 +31,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "src/{package_name}/redis_broker.py",
         "tests/redis_server.py",
         "tests/test_redis_broker.py",
+        "tests/test_redis_faults.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",
@@ -39,6 +40,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
     "use_sse&use_redis": (
         "src/{package_name}/sse_redis.py",
         "tests/test_sse_redis.py",
+        "tests/test_sse_redis_faults.py",
     ),
     "use_heartbeats": (
         "src/{package_name}/heartbeat.py",

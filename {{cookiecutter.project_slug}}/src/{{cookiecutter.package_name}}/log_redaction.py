@@ -58,4 +58,10 @@ def log_config(base: dict[str, Any]) -> dict[str, Any]:
     for name, handler in base.get("handlers", {}).items():
         filters = [*handler.get("filters", []), "redact_query_strings", "refused_handshake_noise"]
         config["handlers"][name] = {**handler, "filters": filters}
+    # The service's own lines (Redis going and coming back, say) through the same handler,
+    # with their level, INFO included: without this only warnings reach stderr, unformatted.
+    package = __name__.rpartition(".")[0]
+    own = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    if "default" in config["handlers"]:
+        config["loggers"] = {**base.get("loggers", {}), package: own}
     return config
