@@ -41,6 +41,7 @@ import logging
 import random
 import socket
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -106,6 +107,8 @@ return {1, id}
 """
 # The start of every frame the script stamped: its id follows, up to the next quote.
 _STAMPED = '{"id":"'
+# Where a room's history starts when it was empty: before every id.
+_EMPTY = "0-0"
 
 
 class RedisSettings(BaseSettings):
@@ -181,19 +184,24 @@ def redis_client(settings: RedisSettings, *, retry_connection_errors: bool = Fal
     )
 
 
-async def history_since(client: Redis, key: str, last_id: str) -> list[tuple[str, str]] | None:
-    """The entries of a history stream after `last_id`, oldest first, as (id, frame), or None
-    if `last_id` is not in it (trimmed, never there, or not a stream id): the reader has a
-    gap it must be told about. Redis errors are the caller's."""
+async def history_since(
+    client: Redis, key: str, last_id: str | None
+) -> list[tuple[str, str]] | None:
+    """The entries of a history stream after `last_id` (None: all of them), oldest first, as
+    (id, frame), or None if `last_id` is not in it (trimmed, never there, or not a stream id):
+    the reader has a gap it must be told about. Redis errors are the caller's."""
     try:
-        # The entry itself, if still there, proves nothing was trimmed after it.
-        anchor = await client.xrange(key, min=last_id, max=last_id, count=1)
-        if not anchor:
-            return None
+        start = "-"
+        if last_id is not None:
+            # The entry itself, if still there, proves nothing was trimmed after it.
+            anchor = await client.xrange(key, min=last_id, max=last_id, count=1)
+            if not anchor:
+                return None
+            start = f"({last_id}"
         # decode_responses: ids and fields are str, whatever the stubs say.
         entries = cast(
             list[tuple[str, dict[str, str]]],
-            await client.xrange(key, min=f"({last_id}", max="+"),
+            await client.xrange(key, min=start, max="+"),
         )
     except ResponseError:
         return None  # not a stream id at all
@@ -588,13 +596,34 @@ class RedisBroker(Broker):
                 if room in self._to_recover:
                     self._to_recover.discard(room)
                     self._held[room] = []
-                    fill = asyncio.create_task(self._fill_gap(room), name=f"redis-fill-{room}")
-                    self._fills.add(fill)
-                    fill.add_done_callback(self._fills.discard)
+                    self._in_background(self._fill_gap(room), f"redis-fill-{room}")
                 else:
                     self._confirm(room)
+                    if self.history_size is not None and room not in self._last_id:
+                        self._in_background(self._note_start(room), f"redis-start-{room}")
             elif kind == "unsubscribe":
                 self._confirmed.discard(room)
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` for as long as the current listener connection lasts."""
+        task = asyncio.create_task(work, name=name)
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+
+    async def _note_start(self, room: str) -> None:
+        """The room's newest history entry when this process began to listen to it: where a
+        gap fill starts if an outage comes before any message, so that a quiet room gets what
+        it missed too, not a resync. (A message published in the instant between the
+        subscription and this read, and lost in an outage before it arrives, is missed.)"""
+        try:
+            newest = cast(
+                list[tuple[str, dict[str, str]]],
+                await self._redis.xrevrange(history_key(self.settings, room), count=1),
+            )
+        except (RedisError, OSError):
+            return  # an outage before the first message then resyncs the room
+        if room in self._wanted:
+            self._last_id.setdefault(room, newest[0][0] if newest else _EMPTY)
 
     def _confirm(self, room: str) -> None:
         self._confirmed.add(room)
@@ -617,8 +646,15 @@ class RedisBroker(Broker):
         missed: list[tuple[str, str]] | None = None
         last_id = self._last_id.get(room)
         if self.history_size is not None and last_id is not None:
+            key = history_key(self.settings, room)
             try:
-                missed = await history_since(self._redis, history_key(self.settings, room), last_id)
+                if last_id == _EMPTY:
+                    missed = await history_since(self._redis, key, None)
+                    # Redis trims only down to about the size: fewer entries, none trimmed.
+                    if missed is not None and len(missed) >= self.history_size:
+                        missed = None
+                else:
+                    missed = await history_since(self._redis, key, last_id)
             except (RedisError, OSError) as error:
                 logger.warning("reading the history of room %r after an outage: %s", room, error)
         if missed is None:
