@@ -74,6 +74,33 @@ async def test_a_stream_on_a_process_cut_off_from_redis_misses_nothing(
     assert [frame["id"] for _, frame in events] == missed + live
 
 
+async def test_a_quiet_room_on_a_process_cut_off_from_redis_misses_nothing_either(
+    start_server: StartServer, own_redis: RedisServer, held_proxy: HeldProxy
+) -> None:
+    """Nothing was delivered in the room here before the outage: the gap starts where the
+    room's history stood when this process began to listen."""
+    publisher = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF, **UNLIMITED)
+    cut_off = start_server(REDIS_URL=held_proxy.url, **FAST_BACKOFF)
+    async with publisher.http_client(timeout=10) as client:
+        await post(publisher, "before", client=client)  # in the history, not owed to anyone
+        async with open_stream(cut_off) as stream:
+            # Subscribed; give the process its one history read (where the room stands).
+            await asyncio.sleep(1)
+            held_proxy.hold()
+            try:
+                await asyncio.to_thread(wait_for_readiness, cut_off, 503, 400)
+                for n in range(5):
+                    await post(publisher, n, client=client)
+            finally:
+                held_proxy.release()
+            await asyncio.to_thread(wait_for_readiness, cut_off, 200, 400)
+            await post(publisher, 5, client=client)
+            events = await events_until(stream, 5)
+    assert [(name, frame.get("data")) for name, frame in events] == [
+        ("message", n) for n in range(6)
+    ], events
+
+
 async def test_the_first_resume_after_redis_restarts_ends_in_an_event(
     start_server: StartServer, own_redis: RedisServer
 ) -> None:
