@@ -109,6 +109,7 @@ async def main() -> None:
     first_sent: dict[int, float] = {}
     received: list[list[tuple[int, float]]] = [[], []]
     errors: Counter[str] = Counter()
+    error_seconds: list[float] = []  # from a publish to its error frame
     async with (
         connect(f"ws://127.0.0.1:{ports[0]}/ws") as sender,
         connect(f"ws://127.0.0.1:{ports[0]}/ws") as on_a,
@@ -141,6 +142,7 @@ async def main() -> None:
             first_sent[n] = time.monotonic()
             while True:
                 await sender.send(json.dumps(message))
+                sent_at = time.monotonic()
                 while True:
                     reply = await replies.get()
                     if reply["type"] not in ("message", "error"):
@@ -153,6 +155,7 @@ async def main() -> None:
                         errors[reply["code"]] += 1
                     return
                 errors[reply["code"]] += 1
+                error_seconds.append(time.monotonic() - sent_at)
                 await asyncio.sleep(1.0)
 
         tasks = [
@@ -188,7 +191,11 @@ async def main() -> None:
         server.wait()
     redis.kill()
 
-    report: dict[str, Any] = {"sent": len(first_sent), "errors": dict(errors)}
+    report: dict[str, Any] = {
+        "sent": len(first_sent),
+        "errors": dict(errors),
+        "slowest_error_s": round(max(error_seconds, default=0.0), 2),
+    }
     for name, into, seen in zip(("a", "b"), changes, received, strict=True):
         failed = next((t for t, code in into if code != 200 and t >= stopped_at), None)
         back = next((t for t, code in into if code == 200 and t >= continued_at), None)

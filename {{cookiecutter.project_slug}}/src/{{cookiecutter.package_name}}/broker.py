@@ -134,6 +134,11 @@ class Broker(abc.ABC):
     `unsubscribe` when its last one leaves; both are synchronous because the hub is, so an
     implementation that needs I/O queues the change and applies it in order. A frame arrives
     already encoded, and is handed to `Hub.deliver` as is, exactly once per process.
+
+    A broker that can lose frames (cut off from a server) never does so silently: once back,
+    it delivers what the history recorded meanwhile, in order and once each, or, where the
+    history cannot cover the gap, a `resync_frame` to the room. Both reach every member
+    through the hub, so WebSocket clients and SSE streams recover the same way.
     """
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
