@@ -36,6 +36,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "tests/redis_server.py",
         "tests/test_redis_broker.py",
         "tests/test_workers.py",
+        "tests/test_redis_faults.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",
@@ -44,6 +45,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
     "use_sse&use_redis": (
         "src/{package_name}/sse_redis.py",
         "tests/test_sse_redis.py",
+        "tests/test_sse_redis_faults.py",
     ),
     "use_heartbeats": (
         "src/{package_name}/heartbeat.py",

@@ -62,17 +62,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_sse and cookiecutter.use_redis %}
     # Every message gets its event id once, as Redis records it in the room's history while
     # publishing it, before any subscriber sees it.
-    broker: Broker = RedisBroker(hub, settings.redis, history_size=settings.sse.history_size)
+    broker: Broker = RedisBroker(
+        hub, settings.redis, history_size=settings.sse.history_size, publish=settings.publish
+    )
     history: History = RedisHistory(settings.redis)
 {%- elif cookiecutter.use_redis %}
-    broker: Broker = RedisBroker(hub, settings.redis)
+    broker: Broker = RedisBroker(hub, settings.redis, publish=settings.publish)
 {%- elif cookiecutter.use_sse %}
     # Every message gets its event id once, as it is recorded, before any subscriber sees it.
     local_history = LocalHistory(settings.sse.history_size)
-    broker: Broker = LocalBroker(hub, stamp=local_history.append)
+    broker: Broker = LocalBroker(hub, stamp=local_history.append, publish=settings.publish)
     history: History = local_history
 {%- else %}
-    broker: Broker = LocalBroker(hub)
+    broker: Broker = LocalBroker(hub, publish=settings.publish)
 {%- endif %}
 {%- if cookiecutter.use_redis %}
     readiness.add_check("redis", lambda: broker.ready)

@@ -10,29 +10,121 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import time
 from collections.abc import Callable
 
-from .hub import Hub
-from .protocol import ProtocolError, with_id
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Broker", "BrokerErrorCode", "BrokerUnavailable", "LocalBroker", "Sent", "Stamp"]
+from .hub import Hub
+from .protocol import ProtocolError, encode, with_id
+
+__all__ = [
+    "AlreadyPublished",
+    "Broker",
+    "BrokerErrorCode",
+    "BrokerUnavailable",
+    "LocalBroker",
+    "PublishOutcomeUnknown",
+    "PublishSettings",
+    "RecentKeys",
+    "Sent",
+    "Stamp",
+    "resync_frame",
+]
 
 # What became of a publish: the message's event id (None when messages get none), or
-# BrokerUnavailable.
+# BrokerUnavailable, PublishOutcomeUnknown or AlreadyPublished.
 Sent = asyncio.Future[str | None]
 # Records a frame as a room's newest event and returns its id (the SSE feature's history).
 Stamp = Callable[[str, str], str]
 
 
+class PublishSettings(BaseSettings):
+    """Idempotent publishing: a publisher's own `key` makes a retry safe."""
+
+    model_config = SettingsConfigDict(env_prefix="PUBLISH_", env_file=".env", extra="ignore")
+
+    # How long a publish key is remembered: a publish with the key of one published this long
+    # ago or less (same room, same sender) is not delivered again.
+    key_window_seconds: int = Field(default=300, ge=1)
+    # Without Redis, the keys this process remembers at most; past this the oldest are
+    # forgotten before their window ends (memory stays bounded whatever clients send).
+    max_keys: int = Field(default=100_000, ge=1)
+
+
 class BrokerErrorCode(enum.StrEnum):
+    # Not sent: nobody got the message; publishing it again is safe.
     BROKER_UNAVAILABLE = "broker_unavailable"
+    # Sent, but Redis did not answer in time: it may or may not be delivered (it may still
+    # be, when Redis resumes); publish it again with the same `key` to be sure it is, once.
+    PUBLISH_OUTCOME_UNKNOWN = "publish_outcome_unknown"
+    # A message with this `key` was published already (within the key window): not again.
+    ALREADY_PUBLISHED = "already_published"
 
 
 class BrokerUnavailable(ProtocolError):
-    """A publish that could not be handed on: the sender gets an error frame, never silence."""
+    """A publish that was not handed on: nobody got it. The sender gets an error frame."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(BrokerErrorCode.BROKER_UNAVAILABLE, detail)
+
+
+class PublishOutcomeUnknown(ProtocolError):
+    """A publish that went out to Redis with no answer in time: it may have been delivered."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(BrokerErrorCode.PUBLISH_OUTCOME_UNKNOWN, detail)
+
+
+class AlreadyPublished(ProtocolError):
+    """A publish whose key was used for a message published before: it is not sent again."""
+
+    def __init__(self, event_id: str | None) -> None:
+        known = f" as event {event_id}" if event_id else ""
+        super().__init__(
+            BrokerErrorCode.ALREADY_PUBLISHED,
+            f"a message with this key was published already{known}; not sent again",
+        )
+        self.event_id = event_id
+
+
+def resync_frame(rooms: list[str]) -> str:
+    """Tells the members of `rooms` that messages may have passed them by (a broker outage
+    the history cannot cover): they should reload the rooms' state."""
+    detail = "messages may have been missed during a broker outage: reload the state of these rooms"
+    return encode({"type": "resync", "rooms": rooms, "detail": detail})
+
+
+class RecentKeys:
+    """The publish keys of the last `window` seconds, in memory, at most `limit` of them.
+
+    One window for every key, so insertion order is expiry order: the oldest are first.
+    """
+
+    def __init__(self, window: float, limit: int) -> None:
+        self.window = window
+        self.limit = limit
+        self._keys: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+    def earlier(self, room: str, key: str) -> tuple[bool, str | None]:
+        """Whether `key` was used in `room` within the window, and the event id it got."""
+        self._forget_expired()
+        seen = self._keys.get((room, key))
+        return (False, None) if seen is None else (True, seen[1])
+
+    def add(self, room: str, key: str, event_id: str | None) -> None:
+        self._keys[(room, key)] = (time.monotonic() + self.window, event_id)
+        while len(self._keys) > self.limit:
+            del self._keys[next(iter(self._keys))]
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        while self._keys:
+            oldest = next(iter(self._keys))
+            if self._keys[oldest][0] > now:
+                return
+            del self._keys[oldest]
 
 
 class Broker(abc.ABC):
@@ -42,19 +134,27 @@ class Broker(abc.ABC):
     `unsubscribe` when its last one leaves; both are synchronous because the hub is, so an
     implementation that needs I/O queues the change and applies it in order. A frame arrives
     already encoded, and is handed to `Hub.deliver` as is, exactly once per process.
+
+    A broker that can lose frames (cut off from a server) never does so silently: once back,
+    it delivers what the history recorded meanwhile, in order and once each, or, where the
+    history cannot cover the gap, a `resync_frame` to the room. Both reach every member
+    through the hub, so WebSocket clients and SSE streams recover the same way.
     """
 
     async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Begin background work; must not wait for an external server to be reachable."""
 
     @abc.abstractmethod
-    def publish(self, room: str, frame: str) -> Sent:
+    def publish(self, room: str, frame: str, key: str | None = None) -> Sent:
         """Deliver `frame` to every member of `room`, in every process, exactly once each.
 
         Returns at once, without waiting for the delivery, so that a sender's next message is
         handled while this one travels; frames reach each member in the order they were
-        published. The future says how it went: BrokerUnavailable if the frame could not be
-        handed on (nothing was delivered then).
+        published. The future says how it went: BrokerUnavailable if the frame was not handed
+        on (nothing was delivered), PublishOutcomeUnknown if it went out but its fate is not
+        known (it may be delivered, even later). With a `key` (the publisher's idempotency key,
+        already scoped to its sender), a frame whose key was published in `room` within the
+        key window is not delivered again: the future fails with AlreadyPublished.
         """
 
     @abc.abstractmethod
@@ -88,17 +188,28 @@ class LocalBroker(Broker):
     which travels in the frame as `"id"`, so WebSocket and SSE subscribers see the same id.
     """
 
-    def __init__(self, hub: Hub, stamp: Stamp | None = None) -> None:
+    def __init__(
+        self, hub: Hub, stamp: Stamp | None = None, publish: PublishSettings | None = None
+    ) -> None:
         self.hub = hub
         self.stamp = stamp
+        publish = publish or PublishSettings()
+        self.keys = RecentKeys(publish.key_window_seconds, publish.max_keys)
 
-    def publish(self, room: str, frame: str) -> Sent:
+    def publish(self, room: str, frame: str, key: str | None = None) -> Sent:
+        sent: Sent = asyncio.get_running_loop().create_future()
+        if key is not None:
+            published, earlier_id = self.keys.earlier(room, key)
+            if published:
+                sent.set_exception(AlreadyPublished(earlier_id))
+                return sent
         event_id = None
         if self.stamp is not None:
             event_id = self.stamp(room, frame)
             frame = with_id(frame, event_id)
+        if key is not None:
+            self.keys.add(room, key, event_id)
         self.hub.deliver(room, frame)
-        sent: Sent = asyncio.get_running_loop().create_future()
         sent.set_result(event_id)
         return sent
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import from_json
 
 from .hub import Connection
@@ -32,6 +32,7 @@ from .hub import Connection
 __all__ = [
     "DEFAULT_ROOM",
     "MAX_DEPTH",
+    "MAX_KEY_LENGTH",
     "ErrorCode",
     "Message",
     "Protocol",
@@ -48,6 +49,8 @@ __all__ = [
 # Without the rooms feature every client is in this one room; with it, a client that names no
 # room when it connects joins this one.
 DEFAULT_ROOM = "lobby"
+# The longest publish `key` (a client's idempotency key): long enough for a UUID or a hash.
+MAX_KEY_LENGTH = 128
 
 # The deepest nesting of arrays and objects in a client's message, its envelope included (a
 # frame the server sends on nests as deep: its envelope replaces the client's). 64 is the
@@ -92,11 +95,16 @@ class Message(BaseModel):
 
 
 class Publish(Message):
-    """Send `data` to everyone in `room` (the sender included), if the sender is a member."""
+    """Send `data` to everyone in `room` (the sender included), if the sender is a member.
+
+    `key`: the sender's own id for the message (an idempotency key); a publish with the key of
+    one of its messages published in the room within `PUBLISH_KEY_WINDOW_SECONDS` is not sent.
+    """
 
     type: Literal["publish"]
     data: JsonValue
     room: str = DEFAULT_ROOM
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
 
 
 M = TypeVar("M", bound=Message)

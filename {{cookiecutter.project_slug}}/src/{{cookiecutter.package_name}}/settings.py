@@ -15,6 +15,7 @@ from .auth_token import TokenSettings
 {%- elif cookiecutter.auth == "cookie" %}
 from .auth_cookie import CookieSettings
 {%- endif %}
+from .broker import PublishSettings
 from .capacity import CapacitySettings
 {%- if cookiecutter.use_heartbeats %}
 from .heartbeat import HeartbeatSettings
@@ -90,6 +91,7 @@ class Settings(BaseModel):
     server: ServerSettings = Field(default_factory=ServerSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
 {%- endif %}

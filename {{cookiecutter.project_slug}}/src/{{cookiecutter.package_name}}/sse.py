@@ -43,6 +43,7 @@ from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .broker import AlreadyPublished, PublishOutcomeUnknown
 from .connection_log import (
     Transport,
     log_connection_closed,
@@ -54,6 +55,7 @@ from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .protocol import (
     DEFAULT_ROOM,
+    MAX_KEY_LENGTH,
     ErrorCode,
     ProtocolError,
     encode,
@@ -242,6 +244,7 @@ class PublishBody(BaseModel):
     # Any JSON value; its schema inline, as OpenAPI cannot refer to JsonValue's `$defs` entry.
     data: Annotated[JsonValue, WithJsonSchema({})]
     room: str = DEFAULT_ROOM
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
 
     @classmethod
     def parse(cls, body: bytes) -> PublishBody:
@@ -372,7 +375,11 @@ class EventStream(Response):
 
     async def _deliver(self, connection: Connection) -> None:
         """The missed events, then the live ones: the only code that writes events."""
-        await self._replay()
+        try:
+            await self._replay()
+        except ProtocolError as unavailable:  # the history did not answer: resume later
+            connection.close(status.WS_1013_TRY_AGAIN_LATER, unavailable.detail)
+            return
         self.state = StreamState.LIVE
         # Cancelling this task (the stream ends) cancels the writer it waits for.
         await connection.start_writer()
@@ -435,6 +442,11 @@ class EventStream(Response):
             return f"event: {event}\ndata: {frame}\n\n"
         if self._replayed and event_id in self._replayed:
             self._replayed.discard(event_id)
+            return ""
+        seen = self.cursor.get(room)
+        if seen is not None and order(event_id) <= order(seen):
+            # Sent already: a broker filling its gap after an outage repeats what it missed,
+            # which a stream that opened meanwhile may have replayed from the history.
             return ""
         return self._event(event, room, event_id, frame)
 
@@ -529,15 +541,20 @@ class ServerSentEvents:
                 ) from None
             self._check(body.room)
             try:
-                event_id = await self.publisher.publish(body.room, identity.user, body.data)
+                event_id = await self.publisher.publish(
+                    body.room, identity.user, body.data, body.key
+                )
+            except AlreadyPublished as duplicate:  # a retry: done already, and not again
+                return {"room": body.room, "id": duplicate.event_id, "duplicate": True}
             except ProtocolError as error:
-                unsendable = error.code == ErrorCode.INVALID_JSON  # else the broker is down
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT
-                    if unsendable
-                    else status.HTTP_503_SERVICE_UNAVAILABLE,
-                    f"{error.code}: {error.detail}",
-                ) from None
+                # 422: no frame can carry it; 503: not sent, try again; 504: sent, fate
+                # unknown, retry with the same key.
+                code = status.HTTP_503_SERVICE_UNAVAILABLE
+                if error.code == ErrorCode.INVALID_JSON:
+                    code = status.HTTP_422_UNPROCESSABLE_CONTENT
+                elif isinstance(error, PublishOutcomeUnknown):
+                    code = status.HTTP_504_GATEWAY_TIMEOUT
+                raise HTTPException(code, f"{error.code}: {error.detail}") from None
             return {"room": body.room, "id": event_id}
 
         return router

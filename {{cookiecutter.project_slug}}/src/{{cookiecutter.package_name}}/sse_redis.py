@@ -9,12 +9,10 @@ any of them, and ids survive a restart of the service (not of a Redis without pe
 
 from __future__ import annotations
 
-from typing import cast
-
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from .broker import BrokerUnavailable
-from .redis_broker import HISTORY_FIELD, RedisSettings, history_key, redis_client
+from .redis_broker import RedisSettings, history_key, history_since, redis_client
 from .sse import History
 
 __all__ = ["RedisHistory"]
@@ -25,28 +23,18 @@ class RedisHistory(History):
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self._redis = redis_client(settings)
+        # Reads are safe to repeat: a connection that went stale while Redis restarted is
+        # replaced once, so the first resume after a recovery works.
+        self._redis = redis_client(settings, retry_connection_errors=True)
 
     def key(self, room: str) -> str:
         return history_key(self.settings, room)
 
     async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
-        key = self.key(room)
         try:
-            # The entry itself, if still there, proves nothing was trimmed after it.
-            anchor = await self._redis.xrange(key, min=last_id, max=last_id, count=1)
-            if not anchor:
-                return None
-            # decode_responses: ids and fields are str, whatever the stubs say.
-            entries = cast(
-                list[tuple[str, dict[str, str]]],
-                await self._redis.xrange(key, min=f"({last_id}", max="+"),
-            )
-        except ResponseError:
-            return None  # not a stream id at all
+            return await history_since(self._redis, self.key(room), last_id)
         except (RedisError, OSError) as error:
             raise BrokerUnavailable(f"Redis did not answer: {error}") from None
-        return [(entry_id, fields[HISTORY_FIELD]) for entry_id, fields in entries]
 
     async def close(self) -> None:
         await self._redis.aclose()
