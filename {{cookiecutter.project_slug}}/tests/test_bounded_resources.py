@@ -8,7 +8,6 @@ server's own: its resident memory (`VmRSS`), its open descriptors, and its TCP s
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -24,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .conftest import Server, StartServer
 from .messages import next_message
+from .test_server import connection_count, stalled_client
 
 pytestmark = pytest.mark.anyio
 
@@ -36,21 +36,7 @@ MB = 1024 * 1024
 
 def raw_client(server: Server) -> socket.socket:
     """A client with a tiny receive buffer that completes the handshake and reads no further."""
-    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, TINY_BUFFER)
-    raw.settimeout(10)
-    raw.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    headers = "".join(f"{name}: {value}\r\n" for name, value in server.ws_headers.items())
-    raw.sendall(
-        (
-            f"GET {server.ws_path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-        ).encode()
-    )
-    assert raw.recv(12) == b"HTTP/1.1 101", "the handshake was refused"
-    return raw
+    return stalled_client(server, receive_buffer=TINY_BUFFER)
 
 
 def ping_frame(payload: bytes) -> bytes:
@@ -106,11 +92,6 @@ def still_open(descriptor: tuple[str, str]) -> bool:
         return os.readlink(path) == target
     except FileNotFoundError:
         return False
-
-
-def connection_count(server: Server) -> int:
-    count: int = httpx2.get(f"{server.http_url}/readyz", timeout=5).json()["connections"]
-    return count
 
 
 async def join(server: Server) -> ClientConnection:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +24,6 @@ from .test_redis_broker import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of this test's own, started, which it may stop, kill and start again."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 async def publish(ws: ClientConnection, data: object, key: str | None = None) -> None:
@@ -80,10 +70,10 @@ async def test_a_hung_redis_fails_readiness_logs_once_and_recovers(
         gone = [line for line in lines if "redis unreachable at" in line]
         back = [line for line in lines if "redis back at" in line]
         assert len(gone) == 1, lines
-        assert gone[0].startswith("WARNING"), gone
+        assert " WARNING " in gone[0], gone
         assert "no answer to PING" in gone[0], gone
         assert len(back) == 1, lines
-        assert back[0].startswith("INFO"), back
+        assert " INFO " in back[0], back
     # The listeners subscribed again: a message reaches both processes.
     wait_for_subscribers(own_redis.url, ROOM, 2)
     await publish(members[0], "after")

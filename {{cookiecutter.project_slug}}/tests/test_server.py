@@ -27,9 +27,14 @@ async def join(server: Server) -> ClientConnection:
     return ws
 
 
-def stalled_client(server: Server) -> socket.socket:
-    """A client that completes the handshake and then never reads another byte."""
-    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+def stalled_client(server: Server, *, receive_buffer: int | None = None) -> socket.socket:
+    """A client that completes the handshake and then never reads another byte; with
+    `receive_buffer`, its socket's receive buffer is that small, so it fills at once."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", server.port))
     key = base64.b64encode(os.urandom(16)).decode()
     headers = "".join(f"{name}: {value}\r\n" for name, value in server.ws_headers.items())
     raw.sendall(
@@ -39,7 +44,7 @@ def stalled_client(server: Server) -> socket.socket:
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         ).encode()
     )
-    assert raw.recv(12) == b"HTTP/1.1 101"
+    assert raw.recv(12) == b"HTTP/1.1 101", "the handshake was refused"
     return raw
 
 
