@@ -43,6 +43,9 @@ class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        # A port of our own choosing may be taken between choosing and binding (on a busy
+        # machine, by any client's ephemeral port): then the first start tries another.
+        self._may_move = port is None
         self._binary = shutil.which("redis-server") or shutil.which("valkey-server")
         self._process: subprocess.Popen[bytes] | None = None
         self._embedded: Any = None
@@ -77,7 +80,16 @@ class RedisServer:
                 self._embedded = ValkeyServer(port=self.port, data_dir=self.workdir / "valkey")
             except Exception as error:
                 pytest.fail(f"{HOW_TO_GET_ONE}\n({type(error).__name__}: {error})")
-            self._embedded.start()
+            try:
+                self._embedded.start()
+            except OSError as error:
+                if not self._may_move or "in use" not in str(error):
+                    raise
+                self._embedded = None
+                self.port = free_port()
+                self.start()
+                return
+        self._may_move = False  # a restart keeps the port: clients reconnect to it
         self._wait_until_answering()
 
     def pause(self) -> None:
