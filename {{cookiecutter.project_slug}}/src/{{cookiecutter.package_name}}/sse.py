@@ -513,7 +513,9 @@ class ServerSentEvents:
         router = APIRouter(tags=["sse"])
         identify = self.identify
 
-        @router.get("/sse", response_class=EventStream)
+        # The status only documents the route (EventStream sets its own); without it FastAPI
+        # looks for a default in EventStream's signature, finds none and fails /openapi.json.
+        @router.get("/sse", response_class=EventStream, status_code=status.HTTP_200_OK)
         async def stream(request: Request, identity: Identity = Depends(identify)) -> EventStream:
             rooms = list(dict.fromkeys(request.query_params.getlist("room"))) or [DEFAULT_ROOM]
             if len(rooms) > self.settings.max_rooms_per_stream:
