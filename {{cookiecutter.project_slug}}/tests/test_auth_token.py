@@ -149,6 +149,15 @@ def test_a_token_with_a_stray_character_is_invalid_whatever_the_character() -> N
                 verify_token(bad, SETTINGS)
 
 
+def test_a_signed_subject_no_frame_can_name_is_refused() -> None:
+    # Signed, so only a backend could issue it: one that passed a user's name on unchecked.
+    lone_surrogate = token("\ud800", ttl=60)
+    with pytest.raises(jwt.InvalidTokenError, match="UTF-8"):
+        verify_token(lone_surrogate, SETTINGS)
+    accented = "b\u00f6b \U0001f600"
+    assert verify_token(token(accented, ttl=60), SETTINGS).user == accented
+
+
 def test_verify_token_returns_the_user_and_expiry() -> None:
     identity = verify_token(token("bob", ttl=60), SETTINGS)
     assert identity.user == "bob"

@@ -118,6 +118,12 @@ def verify_token(token: str, settings: TokenSettings, *, key: str | None = None)
     user = claims["sub"]
     if not isinstance(user, str) or not user:
         raise jwt.InvalidTokenError("sub must be a non-empty string")
+    if not user.isascii():
+        try:
+            user.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (`"\ud800"` in the JSON): no frame naming the user could be sent.
+            raise jwt.InvalidTokenError("sub must be text that UTF-8 can hold") from None
     return Identity(user, expires_at=float(claims["exp"]))
 
 
