@@ -23,6 +23,8 @@ def serve(settings: Settings, *, reload: bool) -> None:
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
+        loop=settings.server.loop,
+        http=settings.server.http,
         reload=reload,
         # uvicorn's sans-I/O websockets implementation (the fastest of its three, measured),
         # holding less per connection.
