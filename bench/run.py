@@ -251,6 +251,13 @@ class Server:
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 
+    def event_loop(self) -> str:
+        """The event loop it runs: uvloop if its extension is mapped into the process."""
+        with contextlib.suppress(psutil.Error):
+            if any("uvloop" in m.path for m in self.ps.memory_maps()):
+                return "uvloop"
+        return "asyncio"
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -607,6 +614,8 @@ def gc_tail(servers: list[Server], config: Config) -> dict[str, Any]:
         file.seek(offset[0])
         text = file.read().decode(errors="replace")
     pauses = [(int(g), int(c), float(ms)) for g, c, ms in GC_PAUSE.findall(text)]
+    # Those of the server's whole life (connecting included): that the log works at all.
+    metrics["gc_pauses_logged"] = len(GC_PAUSE.findall(log.read_text(errors="replace")))
     metrics["p999_over_p99"] = metrics["p999_ms"] / metrics["p99_ms"]
     metrics["gc_pauses"] = len(pauses)
     metrics["gc_max_pause_ms"] = max((ms for _, _, ms in pauses), default=0.0)
@@ -985,7 +994,7 @@ def measure(target: Target, workload: Workload, config: Config, logs: Path) -> d
     try:
         for _ in range(workload.servers):
             servers.append(Server(target, logs, workload.kind, dict(workload.env)))
-        return workload.measure(servers, config)
+        return {**workload.measure(servers, config), "event_loop": servers[0].event_loop()}
     finally:
         for server in servers:
             server.stop()
