@@ -254,7 +254,7 @@ class Server:
     def event_loop(self) -> str:
         """The event loop it runs: uvloop if its extension is mapped into the process."""
         with contextlib.suppress(psutil.Error):
-            if any("uvloop" in m.path for m in self.ps.memory_maps()):
+            if any("/site-packages/uvloop/" in m.path for m in self.ps.memory_maps()):
                 return "uvloop"
         return "asyncio"
 
