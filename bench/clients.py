@@ -36,6 +36,9 @@ _TIMESTAMP = re.compile(rb'"t":(\d+)')
 _CODE = re.compile(rb'"code":(\d+)')
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 _ZERO_MASK = b"\x00\x00\x00\x00"  # legal framing; XOR with zero leaves the payload as it is
+# The service's application-level heartbeat ping, and a client's answer to it.
+_APP_PING = b'"type":"ping"'
+_APP_PONG = b'{"type":"pong"}'
 
 
 def raise_fd_limit() -> int:
@@ -74,9 +77,14 @@ class Client(asyncio.Protocol):
         decode: bool,
         latencies: list[int] | None = None,
         on_message: Any = None,
+        pong: bool = False,
     ) -> None:
         self.request = request
         self.decode = decode
+        # Answer the service's heartbeat pings (`{"type":"ping"}`) with a pong, as its own
+        # client does; without it a connection held past the heartbeat timeout is closed.
+        self.pong = pong
+        self.pings = 0
         self.latencies = latencies
         self.on_message = on_message
         self.transport: asyncio.Transport | None = None
@@ -143,6 +151,10 @@ class Client(asyncio.Protocol):
             if stop > end:
                 break
             opcode = b0 & 0x0F
+            if opcode == 1 and buffer.find(_APP_PING, start, stop) >= 0:
+                self.pings += 1
+                if self.pong:
+                    self.send_text(_APP_PONG)
             if opcode < 3:  # continuation, text, binary
                 if self.decode or not self.welcomed.done():
                     self._payload(b0, bytes(buffer[start:stop]), now)
@@ -156,6 +168,7 @@ class Client(asyncio.Protocol):
                 code = int.from_bytes(buffer[start : start + 2], "big") if length >= 2 else 1005
                 self.close_code = code
             elif opcode == 9 and self.transport is not None:  # ping: answer with a pong
+                self.pings += 1
                 self.transport.write(bytes((0x8A, 0x80 | length)) + _ZERO_MASK + buffer[start:stop])
             offset = stop
         if offset:
@@ -345,12 +358,17 @@ async def connect(
     rcvbuf: int | None = None,
     on_message: Any = None,
     timeout: float = 30.0,
+    source: str | None = None,
+    pong: bool = False,
 ) -> Client:
-    """Open one connection and wait for its welcome frame."""
+    """Open one connection and wait for its welcome frame. `source`: the local address to
+    connect from (each loopback address has its own ~28,000 ephemeral ports)."""
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
+    if source:
+        sock.bind((source, 0))
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     try:
@@ -359,7 +377,9 @@ async def connect(
         sse = parts.scheme == "http"
         kind, request = (SseClient, _sse_request(url)) if sse else (Client, _request(url))
         _, client = await loop.create_connection(
-            lambda: kind(request, decode=decode, latencies=latencies, on_message=on_message),
+            lambda: kind(
+                request, decode=decode, latencies=latencies, on_message=on_message, pong=pong
+            ),
             sock=sock,
         )
     except BaseException:
@@ -409,6 +429,8 @@ async def _subscribers(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
                     latencies=None if stalled else latencies,
                     rcvbuf=spec.get("rcvbuf"),
                     timeout=spec.get("connect_timeout", 30.0),
+                    source=spec.get("source"),
+                    pong=spec.get("pong", False),
                 )
             except (OSError, ConnectionError, TimeoutError):
                 failed += 1
@@ -422,14 +444,12 @@ async def _subscribers(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
     connect_seconds = time.monotonic() - started
     pipe.send(("ready", {"connected": len(clients), "failed": failed}))
 
-    command, args = await _recv(pipe)
-    assert command == "collect", command
-    deadline = args["deadline"]
-    expected[0] = args.get("expected", 0)
-    if expected[0] and not stalled:
+    async def wait_for(count: int, deadline: float) -> None:
+        """Until every open connection has received `count` messages, or the deadline."""
+        done.clear()
         remaining[0] = len(clients)
         for client in clients:
-            client.target = expected[0]
+            client.target = count
             client.on_done = on_done
         for client in clients:
             if client.lost:
@@ -440,6 +460,36 @@ async def _subscribers(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
             done.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), max(0.0, deadline - time.monotonic()))
+
+    def counts() -> dict[str, Any]:
+        return {
+            "connected": len(clients),
+            "received": sum(c.count for c in clients),
+            "short": sum(1 for c in clients if expected[0] and c.count < expected[0]),
+            "last_ns": max((c.last_ns for c in clients), default=0),
+            "closed_by_server": sum(1 for c in clients if c.close_code is not None),
+            "lost": sum(1 for c in clients if c.lost and c.close_code is None),
+            "close_codes": dict(Counter(str(c.close_code) for c in clients if c.close_code)),
+            "pings": sum(c.pings for c in clients),
+        }
+
+    # "count" (any number of times, connections kept open): wait for `expected` messages each,
+    # counted from the last "count" with `reset`, and report the counts; "collect" (last): the
+    # same, then the full result, and close.
+    command, args = await _recv(pipe)
+    while command == "count":
+        if args.get("reset"):
+            for client in clients:
+                client.count = 0
+        expected[0] = args["expected"]
+        await wait_for(expected[0], args["deadline"])
+        pipe.send(("counted", counts()))
+        command, args = await _recv(pipe)
+    assert command == "collect", command
+    deadline = args["deadline"]
+    expected[0] = args.get("expected", 0)
+    if expected[0] and not stalled:
+        await wait_for(expected[0], deadline)
     elif stalled:
         # Still open, or closed by the server? Read what was held back, for a few seconds.
         for client in clients:
@@ -449,16 +499,10 @@ async def _subscribers(pipe: Any, spec: dict[str, Any]) -> dict[str, Any]:
         while time.monotonic() < grace and not all(c.close_code or c.lost for c in clients):
             await asyncio.sleep(0.1)
     result = {
-        "connected": len(clients),
+        **counts(),
         "failed": failed,
         "connect_seconds": connect_seconds,
-        "received": sum(c.count for c in clients),
         "per_client": [c.count for c in clients] if stalled else [],
-        "short": sum(1 for c in clients if expected[0] and c.count < expected[0]),
-        "last_ns": max((c.last_ns for c in clients), default=0),
-        "closed_by_server": sum(1 for c in clients if c.close_code is not None),
-        "lost": sum(1 for c in clients if c.lost and c.close_code is None),
-        "close_codes": dict(Counter(str(c.close_code) for c in clients if c.close_code)),
         "latencies": latencies,
     }
     for client in clients:

@@ -127,7 +127,47 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
         found.append(
             ("I", f"kb_per_conn_{level}", f"I: memory per idle connection at {level:,} (KB)", True)
         )
+    found += scale_metrics(rows)
     return [m for m in found if any(r["workload"] == m[0] and m[1] in r for r in rows)]
+
+
+def scale_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
+    """C at the levels actually run, and G: the long L's tail and the server's GC pauses."""
+    found: list[tuple[str, str, str, bool]] = []
+    levels = sorted(
+        {
+            int(k.rsplit("_", 1)[1])
+            for r in rows
+            if r["workload"] == "C"
+            for k in r
+            if k.startswith("kb_per_conn_") and k[-1].isdigit()
+        }
+    )
+    for level in levels:
+        at = f"C {level:,} idle, heartbeats on"
+        found += [
+            ("C", f"kb_per_conn_{level}", f"{at}: memory per connection (KB)", True),
+            ("C", f"broadcast_ms_{level}", f"{at}: one publish to the last delivery (ms)", True),
+            ("C", f"broadcast_cpu_ms_{level}", f"{at}: server CPU of that broadcast (ms)", True),
+        ]
+    found += [
+        ("C", "kb_per_conn_held", "C at the top, after the hold: memory per connection (KB)", True),
+        ("C", "closed", "C: connections closed during the hold", True),
+        ("C", "pings_per_conn", "C: heartbeat pings answered per connection", False),
+    ]
+    subscribers = {r["subscribers"] for r in rows if r["workload"] == "G"}
+    at = f"G {max(subscribers):,} subscribers" if subscribers else "G"
+    found += [
+        ("G", "p50_ms", f"{at}: p50 (ms)", True),
+        ("G", "p99_ms", f"{at}: p99 (ms)", True),
+        ("G", "p999_ms", f"{at}: p99.9 (ms)", True),
+        ("G", "max_ms", f"{at}: maximum (ms)", True),
+        ("G", "p999_over_p99", "G: p99.9 / p99", True),
+        ("G", "gc_max_pause_ms", "G: longest GC pause (ms)", True),
+        ("G", "gc2_max_ms", "G: longest full (generation 2) collection (ms)", True),
+        ("G", "gc_pauses", "G: GC pauses during the run", True),
+    ]
+    return found
 
 
 def sse_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
@@ -228,6 +268,7 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
     )
     checks += redis_targets(rows)
     checks += sse_targets(rows)
+    checks += scale_targets(rows)
     closed = [r for r in rows if r["target"] == SERVICE and r["workload"] == "S-fill"]
     all_closed = all(r.get("stalled_closed", 0) == r.get("stalled", -1) for r in closed)
     detail = ", ".join(f"{r.get('stalled_closed', 0)}/{r.get('stalled', 0)}" for r in closed)
@@ -238,6 +279,38 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
             f"closed per run: {detail}",
         )
     )
+    return checks
+
+
+def scale_targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """C and G (issue 19), when they ran: memory per connection at the top level, everyone
+    still connected after the hold, the longest GC pause and p99.9 against p99."""
+    checks: list[tuple[str, bool | None, str]] = []
+    scale = [r for r in rows if r["target"] == SERVICE and r["workload"] == "C"]
+    if scale:
+        top = max(
+            int(k.rsplit("_", 1)[1])
+            for k in scale[0]
+            if k.startswith("kb_per_conn_") and k[-1].isdigit()
+        )
+        kb = _median(rows, SERVICE, "C", f"kb_per_conn_{top}")
+        checks.append((f"memory <= 15 KB/conn at {top:,} (C)", _ok(kb <= 15, kb), f"{_fmt(kb)} KB"))
+        closed = sum(r["closed"] for r in scale)
+        checks.append(
+            (
+                "every connection held through the heartbeat intervals (C)",
+                closed == 0,
+                f"{closed} closed, {_fmt(_median(rows, SERVICE, 'C', 'pings_per_conn'))} "
+                "pings answered each",
+            )
+        )
+    if any(r["target"] == SERVICE and r["workload"] == "G" for r in rows):
+        pause = _median(rows, SERVICE, "G", "gc_max_pause_ms")
+        checks.append(
+            ("longest GC pause <= 20 ms (G)", _ok(pause <= 20, pause), f"{_fmt(pause)} ms")
+        )
+        tail = _median(rows, SERVICE, "G", "p999_over_p99")
+        checks.append(("p99.9 <= 1.5x p99 (G)", _ok(tail <= 1.5, tail), f"{_fmt(tail)}x"))
     return checks
 
 
@@ -383,11 +456,37 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append("")
     else:
         lines += [meta["redis"].get("note", "R: not run"), ""]
+    lines += uvloop_lines(rows)
     lines += ["Targets (the service, every feature on):", ""]
     for name, met, numbers in targets(rows):
         mark = {True: "met", False: "NOT met", None: "not measured"}[met]
         lines.append(f"- {name}: **{mark}** ({numbers})")
     return "\n".join(lines) + "\n"
+
+
+def uvloop_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """--uvloop: every figure of service-uvloop against the service (asyncio, h11), as the
+    median of the same-run ratios."""
+    uvloop = f"{SERVICE}-uvloop"
+    if not any(r["target"] == uvloop for r in rows):
+        return []
+    lines = [
+        f"uvloop and httptools ({uvloop}) against asyncio and h11 ({SERVICE}), same runs:",
+        "",
+        "| figure | asyncio | uvloop | uvloop / asyncio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for workload, metric, label, _lower in metrics_in(rows):
+        base = _values(rows, SERVICE, workload, metric)
+        other = _values(rows, uvloop, workload, metric)
+        if not base or not other:
+            continue
+        ratios = sorted(other[run] / base[run] for run in other if base.get(run) not in (None, 0.0))
+        lines.append(
+            f"| {label} | {_cell(sorted(base.values()))} | {_cell(sorted(other.values()))} | "
+            f"{_cell(ratios)} |"
+        )
+    return [*lines, ""]
 
 
 # --- two projects side by side (run.py --compare) ------------------------------------------
@@ -537,6 +636,7 @@ def plot(rows: list[dict[str, Any]], path: Path, order: list[str] | None = None)
         "textbook-nodeflate": "#e8a33d",
         "sse-starlette": "#8c6bb1",
         "fastapi-sse": "#41ab5d",
+        "service-uvloop": "#6baed6",
         "old": "#9fb7cc",
         "new": "#2a7ab9",
     }

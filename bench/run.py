@@ -19,6 +19,20 @@ R  Redis: F through the Redis broker, and two server processes sharing a room; R
 E  SSE: F, L and I with `GET /sse` subscribers (E100, E1000, EL, EI) and one WebSocket
    publisher, for the service and two SSE baselines (sse-starlette, fastapi.sse).
 
+Not in the default run (minutes each), only with --only:
+C  scale: one server holding idle WebSocket connections at 2,000, 10,000 and the most its open
+   file limit allows (about 19,000 at a hard limit of 20,000), heartbeats every 5 s, the
+   clients answering them from 127.0.0.2 and up: memory per connection, the time from one
+   publish to its last delivery and the server CPU it took at each level, and how many were
+   closed after several heartbeat intervals held. The service and raw `websockets`.
+G  GC tail: L at 10,000 subscribers x 1 message/s for 10 minutes (--gc-seconds): p50, p99,
+   p99.9 and the maximum, and every garbage collection pause the service logs (SERVER_GC_LOG).
+   The service only.
+
+--uvloop also measures the service under uvloop and httptools (SERVER_LOOP=uvloop,
+SERVER_HTTP=httptools, both installed into its virtualenv for the run) as "service-uvloop",
+beside the service pinned to asyncio and h11 (and the uvicorn baselines with them too).
+
 The service gets a signing secret made for this invocation (AUTH_SECRET) and its clients a token
 the project's own `token` command signs with it, in `/ws?token=...`; the baselines take no token.
 Server CPU is user + system time of the server process itself (psutil). Every figure is a median
@@ -44,6 +58,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -105,6 +120,14 @@ class Config:
     fill_pad: int = 16384
     payload_pad: int = 1024  # bytes of random base64 per L/S message, so stalls fill buffers
     idle_levels: tuple[int, ...] = (2000, 10000)
+    # C: 0 stands for the most the server's open file limit allows.
+    scale_levels: tuple[int, ...] = (2000, 10000, 0)
+    scale_broadcasts: int = 3  # per level, one at a time: the median is reported
+    scale_hold_seconds: float = 20.0  # at the top level: four heartbeat intervals
+    heartbeat_seconds: float = 5.0  # C's HEARTBEAT_INTERVAL_SECONDS and _TIMEOUT_SECONDS
+    gc_subscribers: int = 10000
+    gc_rate: float = 1.0
+    gc_seconds: float = 600.0
     outbox_limit_fanout: int = 1024
     outbox_limit_latency: int = 64
     max_seconds: float = 60.0
@@ -124,6 +147,13 @@ QUICK = dict(
     fill_seconds=1.0,
     fill_pad=1024,
     idle_levels=(50, 100),
+    scale_levels=(100, 300),
+    scale_broadcasts=2,
+    scale_hold_seconds=2.5,
+    heartbeat_seconds=0.5,
+    gc_subscribers=200,
+    gc_rate=5.0,
+    gc_seconds=3.0,
     max_seconds=20.0,
 )
 
@@ -171,13 +201,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, target: Target, logs: Path, kind: str):
+    def __init__(
+        self, target: Target, logs: Path, kind: str, extra_env: dict[str, str] | None = None
+    ):
         self.target = target
         self.port = free_port()
         argv = [
             arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv
         ]
         env = server_env(target, kind)
+        env.update(extra_env or {})
         env.update({"SERVER_HOST": HOST, "SERVER_PORT": str(self.port)})
         logs.mkdir(parents=True, exist_ok=True)
         self.log = open(logs / f"{target.name}-{kind}-{self.port}.log", "wb")  # noqa: SIM115
@@ -217,6 +250,13 @@ class Server:
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
+
+    def event_loop(self) -> str:
+        """The event loop it runs: uvloop if its extension is mapped into the process."""
+        with contextlib.suppress(psutil.Error):
+            if any("/site-packages/uvloop/" in m.path for m in self.ps.memory_maps()):
+                return "uvloop"
+        return "asyncio"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -259,13 +299,28 @@ class Worker:
 
 
 def subscribers(
-    urls: list[str], count: int, *, timeout: float, per_process: int = BUSY_PER_PROCESS, **spec: Any
+    urls: list[str],
+    count: int,
+    *,
+    timeout: float,
+    per_process: int = BUSY_PER_PROCESS,
+    sources: list[str] | None = None,
+    **spec: Any,
 ) -> list[Worker]:
-    """Spread `count` connections over processes (and over `urls`, round robin); wait ready."""
+    """Spread `count` connections over processes (and over `urls`, round robin); wait ready.
+    With `sources`, each process connects from its own local address (round robin)."""
     procs = max(len(urls), math.ceil(count / per_process))
     sizes = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     workers = [
-        Worker(clients.subscriber_main, {"url": urls[i % len(urls)], "count": size, **spec})
+        Worker(
+            clients.subscriber_main,
+            {
+                "url": urls[i % len(urls)],
+                "count": size,
+                **({"source": sources[i % len(sources)]} if sources else {}),
+                **spec,
+            },
+        )
         for i, size in enumerate(sizes)
         if size
     ]
@@ -340,12 +395,21 @@ def latency(
     rate: float | None = None,
     pad: int | None = None,
     transport: str = "ws",
+    pong: bool = False,
+    before_go: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """L (stalled=0) or S: subscribers at a fixed rate; p50/p99 of the healthy ones."""
+    """L (stalled=0) or S: subscribers at a fixed rate; p50/p99 of the healthy ones. `pong`:
+    they answer the service's heartbeat pings (a run longer than its timeout needs it)."""
     (server,) = servers
     total = config.latency_subscribers if total is None else total
     healthy = total - stalled
-    subs = subscribers([server.url(transport)], healthy, timeout=config.max_seconds, decode=True)
+    subs = subscribers(
+        [server.url(transport)],
+        healthy,
+        timeout=config.max_seconds * max(1, math.ceil(healthy / 2000)),
+        decode=True,
+        **({"pong": True} if pong else {}),
+    )
     stuck = (
         subscribers([server.url()], stalled, timeout=config.max_seconds, stalled=True, rcvbuf=4096)
         if stalled
@@ -359,6 +423,8 @@ def latency(
         pad=config.payload_pad if pad is None else pad,
         max_seconds=seconds + 30,
     )
+    if before_go is not None:
+        before_go()
     cpu0, rss0 = server.cpu(), server.rss()
     pub.send("go")
     published = pub.expect("result", seconds + 60)
@@ -378,6 +444,7 @@ def latency(
         "expected": published["sent"] * healthy,
         "p50_ms": _percentile(values, 50) / 1e6,
         "p99_ms": _percentile(values, 99) / 1e6,
+        "p999_ms": _percentile(values, 99.9) / 1e6,
         "max_ms": (values[-1] / 1e6) if values else float("nan"),
         "cpu_s": cpu,
         "healthy_closed": sum(r["closed_by_server"] + r["lost"] for r in results),
@@ -424,6 +491,140 @@ def idle(servers: list[Server], config: Config, *, transport: str = "ws") -> dic
             metrics[f"kb_per_conn_{level}"] = (server.rss() - rss0) / (level - 1) / 1024
     finally:
         collect(workers, 60, deadline=time.monotonic())
+    return metrics
+
+
+# C's clients connect from these loopback addresses, one per client process (round robin): each
+# has its own ephemeral ports, so no one address runs out of them.
+SOURCES = [f"127.0.0.{i}" for i in range(2, 21)]
+# File descriptors of a server process that are not connections: the service keeps
+# min(1,024, 10% of its limit) for itself (SERVER_MAX_CONNECTIONS' default), and the top level
+# leaves room for the warm-up connection and each broadcast's publisher.
+SCALE_RESERVED_FDS = 1100
+
+
+def scale_levels(config: Config) -> list[int]:
+    """C's connection counts, 0 (the most) made the servers' hard open-file limit less reserve."""
+    most = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - SCALE_RESERVED_FDS
+    return sorted({level or most for level in config.scale_levels})
+
+
+def _count_all(
+    workers: list[Worker], expected: int, seconds: float, reset: bool = False
+) -> list[dict[str, Any]]:
+    """Each subscriber process waits until its connections have `expected` messages each (or
+    `seconds`) and reports its counts; the connections stay open. `reset`: count from zero."""
+    deadline = time.monotonic() + seconds
+    for worker in workers:
+        worker.send("count", expected=expected, deadline=deadline, reset=reset)
+    return [worker.expect("counted", seconds + 60) for worker in workers]
+
+
+def scale(servers: list[Server], config: Config) -> dict[str, Any]:
+    """C: idle connections with heartbeats at growing levels; memory, one broadcast to all and
+    its CPU at each; then a hold of several heartbeat intervals, and how many were closed."""
+    (server,) = servers
+    url = server.url()
+    spec = {"per_process": IDLE_PER_PROCESS, "pong": True, "connect_timeout": 60.0}
+    next_source = 0
+
+    def open_more(count: int) -> list[Worker]:
+        nonlocal next_source
+        procs = math.ceil(count / IDLE_PER_PROCESS)
+        sources = [SOURCES[(next_source + i) % len(SOURCES)] for i in range(procs)]
+        next_source += procs
+        # Connecting is the slow part (about 1 ms each on this machine, handshake and token).
+        return subscribers([url], count, timeout=60 + count / 100, sources=sources, **spec)
+
+    workers = open_more(1)  # imports and first-use allocations
+    time.sleep(0.5)
+    rss0 = server.rss()
+    opened, published = 1, 0
+    metrics: dict[str, Any] = {"heartbeat_s": config.heartbeat_seconds}
+    try:
+        for level in scale_levels(config):
+            workers += open_more(level - opened)
+            opened = level
+            time.sleep(1.0)
+            metrics[f"kb_per_conn_{level}"] = (server.rss() - rss0) / (level - 1) / 1024
+            _count_all(workers, 0, 0, reset=True)  # the new connections missed the earlier ones
+            published = 0
+            times, cpus, delivered = [], [], []
+            for _ in range(config.scale_broadcasts):
+                pub = publisher(url, mode="fanout", count=1, window=1, max_seconds=30)
+                cpu0 = server.cpu()
+                pub.send("go")
+                sent = pub.expect("result", 60)
+                pub.close()
+                published += sent["sent"]
+                counts = _count_all(workers, published, 30)
+                cpus.append(server.cpu() - cpu0)
+                last_ns = max(c["last_ns"] for c in counts)
+                times.append((last_ns - sent["first_ns"]) / 1e6)
+                delivered.append(
+                    sum(c["received"] for c in counts) / max(1, published * opened) * 100
+                )
+            metrics[f"broadcast_ms_{level}"] = statistics.median(times)
+            metrics[f"broadcast_cpu_ms_{level}"] = statistics.median(cpus) * 1e3
+            metrics[f"broadcast_cpu_us_per_delivery_{level}"] = (
+                statistics.median(cpus) / level * 1e6
+            )
+            metrics[f"delivered_pct_{level}"] = min(delivered)
+        # The hold: several heartbeat intervals; a client that did not answer would be closed
+        # after one interval plus the timeout (the raw server's keepalive, the same).
+        time.sleep(config.scale_hold_seconds)
+        counts = _count_all(workers, published, 10)
+        metrics.update(
+            connections=sum(c["connected"] for c in counts),
+            held_s=config.scale_hold_seconds,
+            closed=sum(c["closed_by_server"] + c["lost"] for c in counts),
+            pings_per_conn=sum(c["pings"] for c in counts) / max(1, opened),
+            rss_mb=server.rss() / 2**20,
+            kb_per_conn_held=(server.rss() - rss0) / (opened - 1) / 1024,
+        )
+    finally:
+        collect(workers, 60, deadline=time.monotonic())
+    return metrics
+
+
+GC_PAUSE = re.compile(r"gc pause: generation=(\d) collected=(\d+) pause_ms=([\d.]+)")
+
+
+def gc_tail(servers: list[Server], config: Config) -> dict[str, Any]:
+    """G: a long L at many subscribers x a slow rate; the tail, and every GC pause the server
+    logged (SERVER_GC_LOG) while the publisher ran."""
+    (server,) = servers
+    log = Path(server.log.name)
+    offset = [0]
+
+    def mark() -> None:
+        offset[0] = log.stat().st_size
+
+    metrics = latency(
+        servers,
+        config,
+        stalled=0,
+        seconds=config.gc_seconds,
+        total=config.gc_subscribers,
+        rate=config.gc_rate,
+        pong=True,
+        before_go=mark,
+    )
+    with open(log, "rb") as file:
+        file.seek(offset[0])
+        text = file.read().decode(errors="replace")
+    pauses = [(int(g), int(c), float(ms)) for g, c, ms in GC_PAUSE.findall(text)]
+    # Those of the server's whole life (connecting included): that the log works at all.
+    metrics["gc_pauses_logged"] = len(GC_PAUSE.findall(log.read_text(errors="replace")))
+    metrics["p999_over_p99"] = metrics["p999_ms"] / metrics["p99_ms"]
+    metrics["gc_pauses"] = len(pauses)
+    metrics["gc_max_pause_ms"] = max((ms for _, _, ms in pauses), default=0.0)
+    for generation in (0, 1, 2):
+        mine = [ms for g, _, ms in pauses if g == generation]
+        metrics[f"gc{generation}_count"] = len(mine)
+        metrics[f"gc{generation}_max_ms"] = max(mine, default=0.0)
+    metrics["gc_pauses_over_20ms"] = [[g, c, ms] for g, c, ms in pauses if ms > 20]
+    metrics["gc_pause_log"] = [[g, c, ms] for g, c, ms in pauses]
     return metrics
 
 
@@ -570,6 +771,39 @@ def machine() -> dict[str, Any]:
     }
 
 
+# The loop and HTTP parser each run of --uvloop pins, through the service's settings and the
+# uvicorn command line of the baselines: with uvloop installed, uvicorn's "auto" would take it.
+ASYNCIO = {"SERVER_LOOP": "asyncio", "SERVER_HTTP": "h11"}
+UVLOOP = {"SERVER_LOOP": "uvloop", "SERVER_HTTP": "httptools"}
+
+
+def uvloop_variant(service: Target, others: list[Target]) -> Target:
+    """--uvloop: install uvloop and httptools into the service's virtualenv, pin the service and
+    the uvicorn baselines to asyncio and h11, and return the service under uvloop and httptools."""
+    assert service.project is not None
+    settings = project_parts(service.project)[1] / "settings.py"
+    if "loop: Literal" not in settings.read_text():
+        raise SystemExit(f"--uvloop: {service.project} has no SERVER_LOOP setting")
+    packages = ["uvloop", "httptools"]
+    install = [rendering.uv_executable(), "pip", "install", "--python", service.argv[0], *packages]
+    subprocess.run(install, env=rendering.uv_environment(), capture_output=True, check=True)
+    service.env.update(ASYNCIO)
+    for other in others:
+        if "uvicorn" in other.argv:
+            other.argv += ["--loop", "asyncio", "--http", "h11"]
+    return Target(
+        f"{service.name}-uvloop",
+        list(service.argv),
+        service.cwd,
+        env={**service.env, **UVLOOP},
+        env_for=service.env_for,
+        query=service.query,
+        transports=service.transports,
+        project=service.project,
+        answers=service.answers,
+    )
+
+
 def choose_targets(
     names: str | None, services: list[Target], others: list[Target], compare: bool
 ) -> list[Target]:
@@ -580,7 +814,14 @@ def choose_targets(
         if names
         else [s.name for s in services]
         if compare
-        else ["service", "textbook", "raw", "sse-starlette", "fastapi-sse"]
+        else [
+            "service",
+            "textbook",
+            "raw",
+            "sse-starlette",
+            "fastapi-sse",
+            *(s.name for s in services if s.name.endswith("-uvloop")),
+        ]
     )
     available = [*services, *others]
     unknown = set(chosen) - {t.name for t in available}
@@ -604,7 +845,7 @@ def run_all(
         order = 1 if run % 2 else -1
         for workload in selected:
             pool = variants if workload.redis else targets
-            for target in [t for t in pool if workload.transport in t.transports][::order]:
+            for target in [t for t in pool if workload.runs_on(t)][::order]:
                 metrics = measure(target, workload, config, logs)
                 rows.append(
                     {"run": run, "target": target.name, "workload": workload.name, **metrics}
@@ -644,11 +885,22 @@ class Workload:
     redis: bool = False
     # How the subscribers connect: WebSocket, or SSE (the publisher always uses a WebSocket).
     transport: str = "ws"
+    # In a run without --only; the long ones (C, G) are not.
+    default: bool = True
+    # Which baselines it measures beside the projects (None: all that have its transport).
+    baselines: tuple[str, ...] | None = None
+    # Environment of its servers, every target's (the raw baseline reads the heartbeat ones).
+    env: tuple[tuple[str, str], ...] = ()
+
+    def runs_on(self, target: Target) -> bool:
+        if self.transport not in target.transports:
+            return False
+        return self.baselines is None or target.project is not None or target.name in self.baselines
 
 
 # --only takes these letters, each selecting all its workloads (F: one per fanout size), or
 # workload names (F100, RL, S-fill...) for just one.
-LETTERS = ("F", "L", "S", "X", "I", "R", "E")
+LETTERS = ("F", "L", "S", "X", "I", "R", "E", "C", "G")
 
 
 def workloads(config: Config) -> list[Workload]:
@@ -699,13 +951,31 @@ def workloads(config: Config) -> list[Workload]:
         Workload("E", "EL", "latency", functools.partial(steady, **sse), **sse),
         Workload("E", "EI", "idle", functools.partial(idle, **sse), **sse),
     ]
+    heartbeat = str(config.heartbeat_seconds)
+    table += [
+        Workload(
+            "C",
+            "C",
+            "idle",
+            scale,
+            default=False,
+            baselines=("raw",),
+            env=(
+                ("HEARTBEAT_INTERVAL_SECONDS", heartbeat),
+                ("HEARTBEAT_TIMEOUT_SECONDS", heartbeat),
+            ),
+        ),
+        Workload(
+            "G", "G", "latency", gc_tail, default=False, baselines=(), env=(("SERVER_GC_LOG", "1"),)
+        ),
+    ]
     return table
 
 
 def select(table: list[Workload], only: list[str] | None) -> list[Workload]:
     """The workloads --only names: letters or names, separated by commas or spaces."""
     if not only:
-        return table
+        return [w for w in table if w.default]
     chosen: set[str] = set()
     for word in (word for arg in only for word in arg.replace(",", " ").split()):
         matched = {w.name for w in table if word in (w.letter, w.name)}
@@ -723,8 +993,8 @@ def measure(target: Target, workload: Workload, config: Config, logs: Path) -> d
     servers: list[Server] = []
     try:
         for _ in range(workload.servers):
-            servers.append(Server(target, logs, workload.kind))
-        return workload.measure(servers, config)
+            servers.append(Server(target, logs, workload.kind, dict(workload.env)))
+        return {**workload.measure(servers, config), "event_loop": servers[0].event_loop()}
     finally:
         for server in servers:
             server.stop()
@@ -948,8 +1218,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=None,
-        help="workloads, e.g. F,L,S: letters F L S X I R (X: S-fill, stalled clients whose "
-        "buffers and queue fill) or names (F100, RL...)",
+        help="workloads, e.g. F,L,S: letters F L S X I R E C G (X: S-fill, stalled clients "
+        "whose buffers and queue fill; C: scale, G: GC tail, only run when named) or names "
+        "(F100, RL...)",
+    )
+    parser.add_argument(
+        "--gc-seconds",
+        type=float,
+        default=None,
+        help="how long G publishes (default 600, the quick mode's 3)",
+    )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="also measure the service under uvloop and httptools (service-uvloop), beside "
+        "it pinned to asyncio and h11",
     )
     parser.add_argument(
         "--compare",
@@ -980,6 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(**QUICK) if args.quick else Config(runs=5)
     if args.runs is not None:
         config.runs = args.runs
+    if args.gc_seconds is not None:
+        config.gc_seconds = args.gc_seconds
     selected = select(workloads(config), args.only)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -1008,7 +1293,12 @@ def main(argv: list[str] | None = None) -> int:
             redis["note"] += " (no use_redis question, or a given project without Redis)"
         redis["available"] = bool(variants)
         python = Path(services[-1].argv[0])
-        targets = choose_targets(args.targets, services, baselines(python), compare)
+        others = baselines(python)
+        if args.uvloop:
+            if compare:
+                raise SystemExit("--uvloop: not with two projects")
+            services.append(uvloop_variant(services[0], others))
+        targets = choose_targets(args.targets, services, others, compare)
         if any(w.transport == "sse" for w in selected):
             targets, notes = sse_baselines_ready(python, targets)
         else:

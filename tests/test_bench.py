@@ -135,3 +135,57 @@ def test_compare_mode_measures_two_projects_side_by_side(tmp_path: Path) -> None
     for line in table:
         old, new, ratio = (cell.strip() for cell in line.split("|")[2:5])
         assert all(math.isfinite(float(cell.replace(",", ""))) for cell in (old, new, ratio)), line
+
+
+def test_quick_scale_and_gc_tail_workloads(tmp_path: Path) -> None:
+    """C (idle connections with heartbeats at growing levels, from several source addresses)
+    and G (a long L with the server logging its GC pauses): run only when named, C for the
+    service and raw `websockets`, G for the service."""
+    out = tmp_path / "scale"
+    results = run_quick_bench(out, "--only", "C,G")
+    rows = results["rows"]
+    by_key = {(row["target"], row["workload"]): row for row in rows}
+    assert sorted(by_key) == [("raw", "C"), ("service", "C"), ("service", "G")], sorted(by_key)
+    for target in ("service", "raw"):
+        row = by_key[(target, "C")]
+        levels = sorted(
+            int(key.rsplit("_", 1)[1])
+            for key in row
+            if key.startswith("kb_per_conn_") and key[-1].isdigit()
+        )
+        assert len(levels) >= 2, row
+        for level in levels:
+            # Every connection open at that level got every broadcast, exactly once.
+            assert row[f"delivered_pct_{level}"] == 100.0, row
+            assert 0 < row[f"broadcast_ms_{level}"] < 60_000, row
+            assert 0 < row[f"kb_per_conn_{level}"] < 1_000, row
+        assert row["connections"] == levels[-1], row
+        # Held through several heartbeat intervals (interval and timeout alike, so a client
+        # that did not answer would be closed within three), every ping answered, none closed.
+        assert row["held_s"] >= 3 * row["heartbeat_s"], row
+        assert row["pings_per_conn"] >= 3, row
+        assert row["closed"] == 0, row
+    tail = by_key[("service", "G")]
+    assert tail["received"] == tail["expected"] > 0, tail
+    assert 0 < tail["p50_ms"] <= tail["p99_ms"] <= tail["p999_ms"] <= tail["max_ms"], tail
+    assert tail["gc_pauses"] == len(tail["gc_pause_log"]), tail
+    assert tail["gc_pauses_logged"] > 0, "the server logged no GC pause: SERVER_GC_LOG unread?"
+    summary = (out / "results.md").read_text()
+    assert "C at the top, after the hold" in summary, summary
+    assert "G: longest GC pause (ms)" in summary, summary
+    assert "longest GC pause <= 20 ms (G)" in summary, summary
+
+
+def test_uvloop_option_measures_the_service_under_both_loops(tmp_path: Path) -> None:
+    """--uvloop: the service under uvloop and httptools beside itself pinned to asyncio and
+    h11, in the same run; each row says which loop its server process really ran."""
+    out = tmp_path / "uvloop"
+    results = run_quick_bench(out, "--only", "L", "--uvloop", "--targets", "service,service-uvloop")
+    by_target = {row["target"]: row for row in results["rows"]}
+    assert sorted(by_target) == ["service", "service-uvloop"], by_target
+    assert by_target["service"]["event_loop"] == "asyncio", by_target
+    assert by_target["service-uvloop"]["event_loop"] == "uvloop", by_target
+    for row in by_target.values():
+        assert row["received"] == row["expected"] > 0, row
+    summary = (out / "results.md").read_text()
+    assert "| figure | asyncio | uvloop | uvloop / asyncio |" in summary, summary

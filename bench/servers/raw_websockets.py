@@ -2,7 +2,9 @@
 
 Same tiny protocol as textbook.py: `welcome` once registered, then every text frame received is
 broadcast as it is to every connection, the sender included. Compression off (the service's
-setting), websockets' own defaults otherwise.
+setting), websockets' own defaults otherwise: its keepalive pings every 20 s and closes a
+connection that does not answer within 20 s, or after the service's HEARTBEAT_INTERVAL_SECONDS
+and HEARTBEAT_TIMEOUT_SECONDS when set (the scale workload, C, sets them for every server).
 
     python raw_websockets.py --host 127.0.0.1 --port 8000
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 
 import websockets
@@ -32,7 +35,11 @@ async def handler(websocket: ServerConnection) -> None:
 async def main(host: str, port: int) -> None:
     stop = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
-    async with serve(handler, host, port, compression=None, max_size=64 * 1024):
+    keepalive = {
+        "ping_interval": float(os.environ.get("HEARTBEAT_INTERVAL_SECONDS", "20")),
+        "ping_timeout": float(os.environ.get("HEARTBEAT_TIMEOUT_SECONDS", "20")),
+    }
+    async with serve(handler, host, port, compression=None, max_size=64 * 1024, **keepalive):
         await stop
 
 

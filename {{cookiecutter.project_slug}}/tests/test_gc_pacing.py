@@ -55,3 +55,31 @@ async def test_zero_leaves_cpythons_schedule() -> None:
     await asyncio.sleep(0)
     assert gc.get_freeze_count() == 0
     await pacer.stop()
+
+
+async def test_log_reports_every_collection_with_its_pause_until_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pacer = GcPacer(full_every=0, log=True)
+    pacer.start()
+    try:
+        garbage = Node()
+        del garbage
+        gc.collect()
+    finally:
+        await pacer.stop()
+    pauses = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gc pause:")]
+    assert pauses, caplog.text
+    assert "generation=2" in pauses[-1], pauses
+    assert float(pauses[-1].rsplit("pause_ms=", 1)[1]) >= 0, pauses
+    caplog.clear()
+    gc.collect()
+    assert "gc pause:" not in caplog.text, "stopping removes the hook"
+
+
+async def test_log_off_by_default_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    pacer = GcPacer(full_every=0)
+    pacer.start()
+    gc.collect()
+    await pacer.stop()
+    assert "gc pause:" not in caplog.text

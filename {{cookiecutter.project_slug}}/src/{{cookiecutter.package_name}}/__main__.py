@@ -36,6 +36,8 @@ def serve(settings: Settings, *, reload: bool) -> None:
         # heartbeats), in every worker.
         workers=settings.server.workers,
         log_level=settings.server.log_level,
+        loop=settings.server.loop,
+        http=settings.server.http,
         reload=reload,
         # uvicorn's sans-I/O websockets implementation (the fastest of its three, measured),
         # holding less per connection.

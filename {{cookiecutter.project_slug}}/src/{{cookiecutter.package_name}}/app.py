@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sse.identify = http_user(identify)
 {%- endif %}
 
-    gc_pacer = GcPacer(settings.server.gc_full_collect_seconds)
+    gc_pacer = GcPacer(settings.server.gc_full_collect_seconds, log=settings.server.gc_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

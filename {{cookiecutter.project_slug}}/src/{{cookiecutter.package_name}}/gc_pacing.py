@@ -13,6 +13,9 @@ collection itself every `full_every` seconds: a bounded pause on a schedule, rar
 a hundred messages at any steady rate. The price: reference cycles frozen while alive (those
 of a closed connection, for one) are reclaimed at the next full collection rather than the
 next automatic one, so memory holds up to `full_every` seconds of them.
+
+With `log` (SERVER_GC_LOG), every collection, automatic or paced, is logged with its generation,
+the objects it freed and how long it stopped the loop: the pauses themselves, measured.
 """
 
 from __future__ import annotations
@@ -20,25 +23,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import time
+from typing import Any
 
 __all__ = ["GcPacer"]
+
+logger = logging.getLogger(__name__)
 
 
 class GcPacer:
     """Freezes survivors every `freeze_every` seconds and collects fully every `full_every`;
-    `full_every` 0 leaves CPython's own schedule."""
+    `full_every` 0 leaves CPython's own schedule. With `log`, logs every collection's pause."""
 
-    def __init__(self, full_every: float, freeze_every: float = 1.0) -> None:
+    def __init__(self, full_every: float, freeze_every: float = 1.0, *, log: bool = False) -> None:
         self.full_every = full_every
         self.freeze_every = freeze_every
+        self.log = log
         self._task: asyncio.Task[None] | None = None
+        self._started_ns = 0
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        # Called by CPython before and after each collection, on the thread that collects.
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+            return
+        pause_ms = (time.perf_counter_ns() - self._started_ns) / 1e6
+        # WARNING: an opt-in diagnostic, shown whatever the log level (uvicorn's configuration
+        # leaves the application's loggers at Python's default, WARNING).
+        logger.warning(
+            "gc pause: generation=%d collected=%d pause_ms=%.3f",
+            info["generation"],
+            info["collected"],
+            pause_ms,
+        )
 
     def start(self) -> None:
+        if self.log and self._on_collection not in gc.callbacks:
+            gc.callbacks.append(self._on_collection)
         if self.full_every > 0 and self._task is None:
             self._task = asyncio.create_task(self._pace(), name="gc-pacer")
 
     async def stop(self) -> None:
         """Stop pacing and undo the freeze."""
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -59,6 +59,11 @@ class ServerSettings(BaseSettings):
     # Seconds between full garbage collections (gc_pacing.py); 0 leaves CPython's own
     # schedule, under which a collection can stall every connection at any moment.
     gc_full_collect_seconds: float = Field(default=60.0, ge=0)
+    # Log every garbage collection with its generation and pause (gc_pacing.py): a diagnostic.
+    gc_log: bool = False
+    # uvicorn's event loop and HTTP parser; "auto" takes uvloop and httptools when installed.
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    http: Literal["auto", "h11", "httptools"] = "auto"
 
 
 class HubSettings(BaseSettings):
