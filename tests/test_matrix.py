@@ -16,6 +16,7 @@ from packaging.version import Version
 from rendering import (
     COMBINATIONS,
     DEFAULT,
+    FEATURES,
     Combination,
     CommandFailed,
     install,
@@ -34,6 +35,13 @@ CHECKS: list[list[str]] = [
     ["mypy"],
     ["pytest", "-q", "-p", "no:cacheprovider"],
 ]
+# The same, split at the project's `slow` marker (tests that start servers to break them:
+# faults, floods, fuzzing). Every combination runs the rest; the slow ones run in the
+# combinations of SLOW_COVER below, which give every answer of every question at least once:
+# all 48 would add most of an hour to the template's CI and, the tests being about the
+# service's edges, little that these do not already reach.
+FAST_CHECKS = [*CHECKS[:-1], [*CHECKS[-1], "-m", "not slow"]]
+SLOW_CHECKS = [[*CHECKS[-1], "-m", "slow"]]
 
 
 def project_environment(bin_dir: Path) -> dict[str, str]:
@@ -69,7 +77,7 @@ def failed_checks(project: Path, bin_dir: Path, checks: list[list[str]]) -> list
 def test_combination_passes_its_own_checks(combination: Combination, tmp_path: Path) -> None:
     project = render_cookiecutter(combination.answers, tmp_path)
     bin_dir = install(project)
-    failures = failed_checks(project, bin_dir, CHECKS)
+    failures = failed_checks(project, bin_dir, FAST_CHECKS)
     assert not failures, "\n\n".join(failures)
 
 
@@ -77,10 +85,35 @@ def with_answers(**answers: object) -> Combination:
     return next(c for c in COMBINATIONS if all(c.answers[k] == v for k, v in answers.items()))
 
 
-# The oldest versions pyproject.toml allows, in the combinations with every feature on and every
-# feature off, across the auth modes: a lower bound that no longer holds fails here.
 ALL_ON = {"use_rooms": True, "use_redis": True, "use_sse": True, "use_heartbeats": True}
 ALL_OFF = dict.fromkeys(ALL_ON, False)
+SLOW_COVER = [
+    DEFAULT,
+    with_answers(**ALL_ON, auth="query_token"),
+    with_answers(**ALL_ON, auth="cookie"),
+    with_answers(**ALL_OFF, auth="none"),
+    with_answers(**ALL_OFF | {"use_redis": True}, auth="cookie"),
+]
+
+
+def test_slow_cover_gives_every_answer_at_least_once() -> None:
+    for question, answers in FEATURES.items():
+        covered = {combination.answers[question] for combination in SLOW_COVER}
+        assert covered == set(answers), f"{question}: {set(answers) - covered} never run slow"
+
+
+@pytest.mark.matrix
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("combination", SLOW_COVER, ids=lambda combination: combination.id)
+def test_combination_passes_its_slow_tests(combination: Combination, tmp_path: Path) -> None:
+    project = render_cookiecutter(combination.answers, tmp_path)
+    bin_dir = install(project)
+    failures = failed_checks(project, bin_dir, SLOW_CHECKS)
+    assert not failures, "\n\n".join(failures)
+
+
+# The oldest versions pyproject.toml allows, in the combinations with every feature on and every
+# feature off, across the auth modes: a lower bound that no longer holds fails here.
 LOWEST_BOUNDS = [
     with_answers(**ALL_ON, auth="query_token"),
     with_answers(**ALL_OFF, auth="none"),

@@ -25,7 +25,7 @@ from .conftest import Server, StartServer
 from .messages import next_message
 from .test_server import connection_count, stalled_client
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 # A client socket's receive buffer; the kernel doubles it and rounds it up to its minimum.
 TINY_BUFFER = 4096

@@ -85,6 +85,7 @@ async def test_failed_accepts_are_one_warning_per_interval_and_no_traceback(
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_past_the_cap_handshakes_get_503_and_the_health_checks_still_answer(
     start_server: StartServer,
 ) -> None:

@@ -118,6 +118,7 @@ def status_of(server: Server, request: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+@pytest.mark.slow
 def test_no_header_or_query_string_gets_a_server_error(start_server: StartServer) -> None:
     server = start_server()
 

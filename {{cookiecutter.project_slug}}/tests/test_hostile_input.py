@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .conftest import Server, StartServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 # How long anything that should be quick may take: a frame arriving, a stream opening.
 SOON = 10.0

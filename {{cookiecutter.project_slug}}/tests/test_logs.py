@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed{% if cookiecutter.auth != "no
 
 from .conftest import PACKAGE, Server, StartServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 # uvicorn's own command line, which the README names too.
 UVICORN = ("-m", "uvicorn", "--factory", f"{PACKAGE}.app:create_app")

@@ -23,7 +23,7 @@ from .test_redis_broker import (
     wait_for_subscribers,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 async def publish(ws: ClientConnection, data: object, key: str | None = None) -> None:

@@ -15,7 +15,7 @@ from .redis_server import HeldProxy, RedisServer
 from .test_redis_broker import FAST_BACKOFF, UNLIMITED, wait_for_readiness
 from .test_sse import ROOM, Stream, open_stream, post
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from .messages import next_message
 from .test_logs import json_lines, send_every_target_form
 from .test_metrics import scrape
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 # Enough that both workers hold some: the kernel hands each connection to either of them.
 MOST_CLIENTS = 60
