@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote_from_bytes, urlencode
 
 import httpx2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
