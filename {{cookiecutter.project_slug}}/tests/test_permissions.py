@@ -7,9 +7,7 @@ from __future__ import annotations
 import time
 {%- endif %}
 from collections.abc import Iterator
-{%- if cookiecutter.auth == "query_token" %}
 from pathlib import Path
-{%- endif %}
 {%- if cookiecutter.auth != "none" %}
 from typing import Any
 {%- endif %}
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import HTTPConnection
+from starlette.testclient import WebSocketDenialResponse
 {%- if cookiecutter.auth != "none" %}
 from websockets.asyncio.client import connect
 {%- endif %}
@@ -29,7 +28,7 @@ from {{ cookiecutter.package_name }}.auth_token import TokenSettings, issue_toke
 {%- elif cookiecutter.auth == "cookie" %}
 from {{ cookiecutter.package_name }}.auth_cookie import CookieSettings, InvalidSession, SessionSigner
 {%- endif %}
-from {{ cookiecutter.package_name }}.identity import Identity
+from {{ cookiecutter.package_name }}.identity import HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.permissions import (
     MAX_PATTERNS,
     Authorize,
@@ -190,6 +189,25 @@ def test_sse_and_publish_answer_403_where_the_hook_forbids(hooked: TestClient) -
     assert hooked.post("/publish", json={"data": 1}).status_code == 403
 {%- endif %}
 {%- endif %}
+
+
+def test_a_hook_may_turn_a_client_away_at_the_handshake() -> None:
+    async def banned(identity: Identity, request: HTTPConnection) -> Grants | None:
+        raise HandshakeRefused(403, "banned")
+
+    with TestClient(create_app(Settings(), authorize=banned)) as client:
+        with pytest.raises(WebSocketDenialResponse) as denial:
+            client.websocket_connect("/ws").__enter__()
+        assert (denial.value.status_code, denial.value.text) == (403, "banned")
+{%- if cookiecutter.use_sse %}
+        assert client.post("/publish", json={"data": 1}).status_code == 403
+{%- endif %}
+
+
+def test_the_readme_documents_the_forbidden_code() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "| `forbidden` |" in readme
+    assert "## Room permissions" in readme
 
 
 def test_without_a_hook_or_credentials_grants_every_room_is_open(client: TestClient) -> None:
