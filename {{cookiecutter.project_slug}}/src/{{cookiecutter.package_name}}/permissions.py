@@ -160,12 +160,14 @@ async def authorize(identity: Identity, request: HTTPConnection) -> Grants | Non
 
 
 def authorizing(identify: Identify, rule: Authorize = authorize) -> Identify:
-    """`identify`, with the identity's grants decided by `rule`."""
-    if rule is authorize:
-        return identify  # the credentials' own grants already are the identity's
+    """`identify`, with the identity's grants decided by `rule` (also the default one: it may
+    have been edited)."""
 
     async def identify_and_authorize(request: HTTPConnection) -> Identity:
         identity = await identify(request)
-        return dataclasses.replace(identity, grants=await rule(identity, request))
+        grants = await rule(identity, request)
+        if grants is identity.grants:
+            return identity
+        return dataclasses.replace(identity, grants=grants)
 
     return identify_and_authorize
