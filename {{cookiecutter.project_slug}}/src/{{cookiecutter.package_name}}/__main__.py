@@ -118,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     token_command = commands.add_parser("token", help="print a signed token for USER")
     token_command.add_argument("user", metavar="USER")
     token_command.add_argument("--ttl", type=int, default=3600, help="seconds it is valid")
+    token_command.add_argument(
+        "--rooms", help="rooms it may join: names or patterns, comma-separated (default: all)"
+    )
+    token_command.add_argument(
+        "--publish", help="rooms it may publish to, the same way (default: those of --rooms)"
+    )
 {%- endif %}
     args = parser.parse_args(argv)
 
@@ -129,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 {%- if cookiecutter.auth == "query_token" %}
     if args.command == "token":
-        return print_token(settings.auth, args.user, args.ttl)
+        return print_token(
+            settings.auth, args.user, args.ttl, rooms=args.rooms, publish=args.publish
+        )
 {%- endif %}
     if args.command in (None, "serve"):
         overrides = {

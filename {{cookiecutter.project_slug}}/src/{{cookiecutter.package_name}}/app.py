@@ -31,6 +31,7 @@ from .heartbeat import Heartbeat
 from .hub import Hub
 from .log_redaction import install_log_filters
 from .metrics import counting_rooms, metrics_router
+from .permissions import Authorize, authorize, authorizing
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -50,7 +51,9 @@ from .sse import History, LocalHistory, ServerSentEvents, http_user
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, authorize: Authorize = authorize) -> FastAPI:
+    """The app; `authorize` decides the rooms each client may join and publish to
+    (permissions.py: by default, those its credentials name)."""
     settings = settings or Settings()
     # Here, not in `serve`: however the app is run (uvicorn's command line too), no query
     # string (a token) reaches uvicorn's log.
@@ -120,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = CookieAuth(settings.auth)
     identify = auth.identify
 {%- endif %}
-    identify = capacity.guard(identify)
+    identify = capacity.guard(authorizing(identify, authorize))
 {%- if cookiecutter.use_sse %}
     sse.identify = http_user(identify)
 {%- endif %}

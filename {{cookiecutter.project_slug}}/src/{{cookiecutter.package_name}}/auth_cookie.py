@@ -11,7 +11,9 @@ therefore checked, before accept, in this order:
    otherwise HTTP 401.
 
 The cookie is HttpOnly, SameSite=Lax, and Secure outside development. A connection is closed
-with 4001 when its session expires. `POST /auth/login` (development only: it believes any user
+with 4001 when its session expires. A session may carry `rooms` and `publish`, lists of room
+names or patterns (permissions.py): the rooms it may join and publish to; without them, every
+room. `POST /auth/login` (development only: it believes any user
 name, and exists only while `AUTH_DEV_ENDPOINTS=true`) sets the cookie; `POST /auth/logout`
 clears it.
 """
@@ -26,7 +28,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Response
@@ -36,6 +38,7 @@ from starlette import status
 from starlette.requests import HTTPConnection
 
 from .identity import HandshakeRefused, Identity
+from .permissions import MAX_PATTERN_LENGTH, MAX_PATTERNS, grants_from_claims
 
 __all__ = ["CookieAuth", "CookieSettings", "InvalidSession", "LoginRequest", "SessionSigner"]
 
@@ -91,7 +94,8 @@ def _b64decode(text: str) -> bytes:
 
 
 class SessionSigner:
-    """`payload.signature`: base64url JSON `{"sub", "exp"}` and its HMAC-SHA256, base64url."""
+    """`payload.signature`: base64url JSON `{"sub", "exp"}` (and `rooms`, `publish` when
+    given) and its HMAC-SHA256, base64url."""
 
     def __init__(self, key: str) -> None:
         self._key = key.encode()
@@ -99,10 +103,21 @@ class SessionSigner:
     def _signature(self, payload: str) -> str:
         return _b64encode(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def sign(self, user: str, expires_at: float) -> str:
-        payload = _b64encode(
-            json.dumps({"sub": user, "exp": int(expires_at)}, separators=(",", ":")).encode()
-        )
+    def sign(
+        self,
+        user: str,
+        expires_at: float,
+        *,
+        rooms: list[str] | None = None,
+        publish: list[str] | None = None,
+    ) -> str:
+        """A session for `user` until `expires_at`, for these rooms (None: every room)."""
+        claims: dict[str, object] = {"sub": user, "exp": int(expires_at)}
+        if rooms is not None:
+            claims["rooms"] = rooms
+        if publish is not None:
+            claims["publish"] = publish
+        payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
         return f"{payload}.{self._signature(payload)}"
 
     def verify(self, value: str, *, now: float | None = None) -> Identity:
@@ -115,13 +130,14 @@ class SessionSigner:
         try:
             claims = json.loads(_b64decode(payload))
             user, expires_at = claims["sub"], claims["exp"]
+            grants = grants_from_claims(claims)
         except (ValueError, binascii.Error, KeyError, TypeError):
             raise InvalidSession("malformed session") from None
         if not isinstance(user, str) or not isinstance(expires_at, int):
             raise InvalidSession("malformed session")
         if expires_at <= (time.time() if now is None else now):
             raise InvalidSession("session expired")
-        return Identity(user, expires_at=float(expires_at))
+        return Identity(user, expires_at=float(expires_at), grants=grants)
 
 
 def _origin(url: str) -> str:
@@ -130,8 +146,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+RoomPattern = Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_LENGTH)]
+
+
 class LoginRequest(BaseModel):
     user: str = Field(pattern=USER_PATTERN)
+    # The session's `rooms` and `publish`; absent: none (every room).
+    rooms: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    publish: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
 
 
 class CookieAuth:
@@ -179,18 +201,26 @@ class CookieAuth:
         except InvalidSession as error:
             raise HandshakeRefused(status.HTTP_401_UNAUTHORIZED, str(error)) from None
 
-    def login(self, response: Response, user: str) -> Identity:
-        """Set a fresh session cookie for `user` on `response`."""
+    def login(
+        self,
+        response: Response,
+        user: str,
+        *,
+        rooms: list[str] | None = None,
+        publish: list[str] | None = None,
+    ) -> Identity:
+        """Set a fresh session cookie for `user` on `response`, for these rooms (None: all)."""
         expires_at = time.time() + self.settings.session_seconds
         response.set_cookie(
             self.settings.cookie_name,
-            self.signer.sign(user, expires_at),
+            self.signer.sign(user, expires_at, rooms=rooms, publish=publish),
             max_age=self.settings.session_seconds,
             httponly=True,
             samesite="lax",
             secure=self.settings.environment != "development",
         )
-        return Identity(user, expires_at=int(expires_at))
+        grants = grants_from_claims({"rooms": rooms, "publish": publish})
+        return Identity(user, expires_at=int(expires_at), grants=grants)
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/auth", tags=["auth"])
@@ -209,7 +239,9 @@ class CookieAuth:
             @router.post("/login")
             async def login(request: LoginRequest, response: Response) -> dict[str, object]:
                 """Development only: log in as anyone (AUTH_DEV_ENDPOINTS=true)."""
-                identity = self.login(response, request.user)
+                identity = self.login(
+                    response, request.user, rooms=request.rooms, publish=request.publish
+                )
                 return {"user": identity.user, "expires_at": identity.expires_at}
 
         return router

@@ -6,9 +6,12 @@ string, and is checked during the handshake: signature, expiry (`exp`, required)
 upgrade request; nothing is accepted. A connection is closed with 4001 when its token expires.
 The query string is redacted from uvicorn's logs (`log_redaction`), so tokens never reach them.
 
-Tokens come from `python -m <package> token USER --ttl SECONDS`, from your own login service
-signing with the same secret, or, for the demo only, from `POST /auth/dev-token`, which exists
-only while `AUTH_DEV_ENDPOINTS=true`.
+A token may carry `rooms` and `publish` claims, lists of room names or patterns (permissions.py):
+the rooms it may join and publish to; without them, every room.
+
+Tokens come from `python -m <package> token USER --ttl SECONDS [--rooms 'a,b*'] [--publish a]`,
+from your own login service signing with the same secret, or, for the demo only, from
+`POST /auth/dev-token`, which exists only while `AUTH_DEV_ENDPOINTS=true`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import secrets
 import sys
 import time
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 import jwt
 from fastapi import APIRouter
@@ -27,6 +30,7 @@ from starlette import status
 from starlette.requests import HTTPConnection
 
 from .identity import HandshakeRefused, Identity
+from .permissions import MAX_PATTERN_LENGTH, MAX_PATTERNS, grants_from_claims
 
 __all__ = [
     "TokenAuth",
@@ -76,15 +80,33 @@ class TokenSettings(BaseSettings):
         return self
 
 
+# The rooms a token may join and publish to (claims `rooms` and `publish`); None: no claim.
+Patterns = list[str] | None
+
+
 def issue_token(
-    user: str, ttl_seconds: float, settings: TokenSettings, *, now: float | None = None
+    user: str,
+    ttl_seconds: float,
+    settings: TokenSettings,
+    *,
+    now: float | None = None,
+    rooms: Patterns = None,
+    publish: Patterns = None,
 ) -> str:
-    """A token for `user`, valid from `now` for `ttl_seconds`."""
-    return _issue(user, ttl_seconds, settings, settings.secret.get_secret_value(), now=now)
+    """A token for `user`, valid from `now` for `ttl_seconds`, for these rooms (None: all)."""
+    key = settings.secret.get_secret_value()
+    return _issue(user, ttl_seconds, settings, key, now=now, rooms=rooms, publish=publish)
 
 
 def _issue(
-    user: str, ttl_seconds: float, settings: TokenSettings, key: str, *, now: float | None
+    user: str,
+    ttl_seconds: float,
+    settings: TokenSettings,
+    key: str,
+    *,
+    now: float | None,
+    rooms: Patterns = None,
+    publish: Patterns = None,
 ) -> str:
     issued = int(time.time() if now is None else now)
     claims: dict[str, object] = {
@@ -97,6 +119,10 @@ def _issue(
         claims["iss"] = settings.issuer
     if settings.audience is not None:
         claims["aud"] = settings.audience
+    if rooms is not None:
+        claims["rooms"] = rooms
+    if publish is not None:
+        claims["publish"] = publish
     return jwt.encode(claims, key, algorithm=settings.algorithm)
 
 
@@ -124,12 +150,22 @@ def verify_token(token: str, settings: TokenSettings, *, key: str | None = None)
         except UnicodeEncodeError:
             # A lone surrogate (`"\ud800"` in the JSON): no frame naming the user could be sent.
             raise jwt.InvalidTokenError("sub must be text that UTF-8 can hold") from None
-    return Identity(user, expires_at=float(claims["exp"]))
+    try:
+        grants = grants_from_claims(claims)
+    except ValueError as error:
+        raise jwt.InvalidTokenError(str(error)) from None
+    return Identity(user, expires_at=float(claims["exp"]), grants=grants)
+
+
+RoomPattern = Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_LENGTH)]
 
 
 class TokenRequest(BaseModel):
     user: str = Field(pattern=USER_PATTERN)
     ttl_seconds: int | None = Field(default=None, ge=1)
+    # The token's `rooms` and `publish` claims; absent: none (every room).
+    rooms: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
+    publish: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
 
 
 class TokenAuth:
@@ -142,8 +178,12 @@ class TokenAuth:
             logger.warning("AUTH_SECRET is not set: signing with a random key for this process")
             self._key = secrets.token_urlsafe(MIN_SECRET_LENGTH)
 
-    def issue(self, user: str, ttl_seconds: float) -> str:
-        return _issue(user, ttl_seconds, self.settings, self._key, now=None)
+    def issue(
+        self, user: str, ttl_seconds: float, *, rooms: Patterns = None, publish: Patterns = None
+    ) -> str:
+        return _issue(
+            user, ttl_seconds, self.settings, self._key, now=None, rooms=rooms, publish=publish
+        )
 
     async def identify(self, request: HTTPConnection) -> Identity:
         """The identity the request proves, or HandshakeRefused. It reads only what a WebSocket
@@ -175,18 +215,40 @@ class TokenAuth:
             ttl = min(
                 request.ttl_seconds or self.settings.max_ttl_seconds, self.settings.max_ttl_seconds
             )
-            return {"token": self.issue(request.user, ttl), "ttl_seconds": ttl}
+            token = self.issue(request.user, ttl, rooms=request.rooms, publish=request.publish)
+            return {"token": token, "ttl_seconds": ttl}
 
         return router
 
 
-def print_token(settings: TokenSettings, user: str, ttl_seconds: int) -> int:
-    """The `token` command: print a token for `user`; exit status 2 when none can be made."""
+def pattern_list(text: str | None) -> Patterns:
+    """`--rooms 'a,b*'` as a claim: comma-separated names or patterns; '' is no room at all."""
+    if text is None:
+        return None
+    return [item for item in (part.strip() for part in text.split(",")) if item]
+
+
+def print_token(
+    settings: TokenSettings,
+    user: str,
+    ttl_seconds: int,
+    *,
+    rooms: str | None = None,
+    publish: str | None = None,
+) -> int:
+    """The `token` command: print a token for `user` (for the rooms given, comma-separated;
+    None: every room); exit status 2 when none can be made."""
     if not settings.secret.get_secret_value():
         print("error: AUTH_SECRET is not set: no service could verify it", file=sys.stderr)
         return 2
     if ttl_seconds < 1:
         print("error: --ttl must be at least 1 second", file=sys.stderr)
         return 2
-    print(issue_token(user, ttl_seconds, settings))
+    room_list, publish_list = pattern_list(rooms), pattern_list(publish)
+    try:  # the server would refuse the token
+        grants_from_claims({"rooms": room_list, "publish": publish_list})
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(issue_token(user, ttl_seconds, settings, rooms=room_list, publish=publish_list))
     return 0

@@ -74,7 +74,9 @@ class Endpoint:
         self.welcome = dict(welcome or {})
 
     def _join_default_room(self, connection: Connection, websocket: WebSocket) -> None:
-        self.hub.join(connection, DEFAULT_ROOM)
+        # Unless the grants exclude it: the client is then in no room (`welcome` says so).
+        if connection.grants is None or connection.grants.may_join(DEFAULT_ROOM):
+            self.hub.join(connection, DEFAULT_ROOM)
 
     async def __call__(self, websocket: WebSocket) -> None:
         await self.serve(websocket, websocket.send)
@@ -99,6 +101,7 @@ class Endpoint:
             policy=self.settings.slow_consumer_policy,
             batch_bytes=self.settings.batch_bytes,
             write_now=_write_now_on(send),
+            grants=identity.grants,
         )
         self.hub.add(connection)
         writer = connection.start_writer()

@@ -26,11 +26,14 @@ import asyncio
 import enum
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette import status
 
 from .metrics import MESSAGES_DELIVERED, MESSAGES_DROPPED
+
+if TYPE_CHECKING:
+    from .permissions import Grants
 
 __all__ = [
     "QUIET_SECONDS",
@@ -96,6 +99,7 @@ class Connection:
         "_writer",
         "close_code",
         "close_reason",
+        "grants",
         "hub",
         "id",
         "last_seen",
@@ -113,9 +117,13 @@ class Connection:
         policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
         batch_bytes: int = 0,
         write_now: WriteNow | None = None,
+        grants: Grants | None = None,
     ) -> None:
         self.id = f"c{next(_connection_ids)}"
         self.user = user
+        # The rooms it may join and publish to (permissions.py): None, every room; otherwise
+        # an object shared with every connection of the same grants.
+        self.grants = grants
         self.rooms: set[str] = set()
         self.state = ConnectionState.OPEN
         self.close_code: int | None = None

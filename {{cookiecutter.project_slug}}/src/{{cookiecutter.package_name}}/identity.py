@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from .hub import Connection
+from .permissions import Grants
 
 __all__ = [
     "SESSION_EXPIRED",
@@ -46,11 +47,13 @@ class HandshakeRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated client: its user name, and when its credentials stop being valid
-    (seconds since the epoch), if they ever do."""
+    """An authenticated client: its user name, when its credentials stop being valid
+    (seconds since the epoch), if they ever do, and the rooms they open (None: every room;
+    one object shared by every connection of the same grants, see permissions.py)."""
 
     user: str
     expires_at: float | None = None
+    grants: Grants | None = None
 
 
 # It reads only what a WebSocket upgrade and a plain HTTP request share, so the HTTP routes

@@ -72,6 +72,8 @@ class ErrorCode(enum.StrEnum):
     INVALID_FIELDS = "invalid_fields"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     NOT_A_MEMBER = "not_a_member"
+    # The identity's grants do not let it join or publish to that room (permissions.py).
+    FORBIDDEN = "forbidden"
 
 
 class ProtocolError(Exception):

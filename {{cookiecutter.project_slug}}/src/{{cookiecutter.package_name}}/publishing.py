@@ -10,6 +10,7 @@ from starlette import status
 from .broker import Broker, Sent
 from .hub import Connection
 from .metrics import MESSAGES_PUBLISHED
+from .permissions import require_publish
 from .protocol import ErrorCode, ProtocolError, Publish, UnencodableFrame, encode, error_frame
 
 __all__ = ["Publisher", "message_frame", "scoped_key"]
@@ -42,6 +43,8 @@ class Publisher:
         self.broker = broker
 
     async def handle(self, connection: Connection, message: Publish) -> None:
+        # First: joining would not help a client that may never publish there.
+        require_publish(connection.grants, message.room)
         if message.room not in connection.rooms:
             raise ProtocolError(
                 ErrorCode.NOT_A_MEMBER, f"join room {message.room!r} before publishing to it"

@@ -18,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hub import Connection, Hub
+from .permissions import require_join
 from .protocol import (
     DEFAULT_ROOM,
     ErrorCode,
@@ -68,7 +69,12 @@ class Rooms:
         protocol.on("leave", Leave, self.leave)
 
     def on_open(self, connection: Connection, websocket: WebSocket) -> None:
-        for room in websocket.query_params.getlist("room") or [DEFAULT_ROOM]:
+        rooms = websocket.query_params.getlist("room")
+        if not rooms and (connection.grants is None or connection.grants.may_join(DEFAULT_ROOM)):
+            # The default room only if the grants open it: the client is otherwise in no room,
+            # as its `welcome` says, and no error frame names a room it never asked for.
+            rooms = [DEFAULT_ROOM]
+        for room in rooms:
             try:
                 self._admit(connection, room)
             except ProtocolError as error:
@@ -93,8 +99,10 @@ class Rooms:
             )
 
     def _admit(self, connection: Connection, room: str) -> None:
-        """Join `room` if its name is valid and the cap allows; joining twice is fine."""
+        """Join `room` if its name is valid, the grants and the cap allow; joining twice is
+        fine."""
         self.check_name(room)
+        require_join(connection.grants, room)
         cap = self.settings.max_rooms_per_connection
         if room not in connection.rooms and len(connection.rooms) >= cap:
             raise ProtocolError(RoomErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")

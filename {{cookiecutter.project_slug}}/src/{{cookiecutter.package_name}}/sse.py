@@ -53,6 +53,7 @@ from .connection_log import (
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
 from .metrics import SSE_RESUMES, SSE_RESYNCS
+from .permissions import Grants, require_join, require_publish
 from .protocol import (
     DEFAULT_ROOM,
     MAX_KEY_LENGTH,
@@ -228,6 +229,16 @@ def http_user(identify: Identify) -> IdentifyRequest:
             raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
 
     return identity
+
+
+def _forbid_unless(
+    require: Callable[[Grants | None, str], None], identity: Identity, room: str
+) -> None:
+    """403 where a WebSocket client would get a `forbidden` error frame."""
+    try:
+        require(identity.grants, room)
+    except ProtocolError as error:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{error.code}: {error.detail}") from None
 
 
 def only_the_default_room(room: str) -> None:
@@ -525,6 +536,7 @@ class ServerSentEvents:
                 )
             for room in rooms:
                 self._check(room)
+                _forbid_unless(require_join, identity, room)
             cursor = parse_cursor(
                 request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
                 rooms,
@@ -542,6 +554,7 @@ class ServerSentEvents:
                     status.HTTP_422_UNPROCESSABLE_CONTENT, f"{error.code}: {error.detail}"
                 ) from None
             self._check(body.room)
+            _forbid_unless(require_publish, identity, body.room)
             try:
                 event_id = await self.publisher.publish(
                     body.room, identity.user, body.data, body.key
