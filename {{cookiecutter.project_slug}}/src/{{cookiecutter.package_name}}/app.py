@@ -31,6 +31,10 @@ from .heartbeat import Heartbeat
 from .hub import Hub
 from .log_redaction import install_log_filters
 from .metrics import counting_rooms, metrics_router
+from .presence import Presence
+{%- if cookiecutter.use_redis %}
+from .presence_redis import RedisPresence
+{%- endif %}
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -124,6 +128,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.use_sse %}
     sse.identify = http_user(identify)
 {%- endif %}
+    presence = Presence(
+        hub,
+        settings.presence,
+        broker,
+{%- if cookiecutter.use_redis %}
+        store=RedisPresence(settings.redis, settings.presence.refresh_seconds),
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+        anonymous_users=False,
+        identify=auth.identify,
+{%- endif %}
+{%- if cookiecutter.use_rooms %}
+        check_room=rooms.check_name,
+{%- endif %}
+    )
+    presence.register(protocol)
 
     gc_pacer = GcPacer(settings.server.gc_full_collect_seconds)
 
@@ -132,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         capacity.start()
         gc_pacer.start()
         await broker.start()
+        await presence.start()
 {%- if cookiecutter.use_heartbeats %}
         heartbeat.start()
 {%- endif %}
@@ -151,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn has already closed its sockets with 1012; this covers other servers.
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
+        await presence.stop()
         await broker.close()
 {%- if cookiecutter.use_sse %}
         await history.close()
@@ -181,5 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sse = sse
     app.include_router(sse.router())
 {%- endif %}
+    app.state.presence = presence
+    app.include_router(presence.router())
     mount_demo(app)
     return app
