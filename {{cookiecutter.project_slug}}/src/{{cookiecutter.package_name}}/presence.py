@@ -84,10 +84,10 @@ class PresenceStore:
     # number their connections from 1.
     scope = ""
 
-    async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+    async def start(self) -> None:
         pass
 
-    def changed(self, room: str, counts: Counts) -> None:  # noqa: B027 - optional hook
+    def changed(self, room: str, counts: Counts) -> None:
         """This process's counts of `room` changed; `counts` is the live dict (empty: the
         room is gone here), which a shared store writes soon."""
 
@@ -95,7 +95,7 @@ class PresenceStore:
         """The counts of `room` in every other live process; raises on a store failure."""
         return []
 
-    async def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
+    async def close(self) -> None:
         pass
 
 

@@ -1,0 +1,83 @@
+"""Presence across processes through a real Redis: two servers see each other's members, and a
+process killed with SIGKILL leaves no ghosts once its entries expire."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
+
+from .conftest import Server, StartServer
+from .messages import next_message
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+# Short, so that the test waits little for a dead process's entries to expire (3x this).
+REFRESH_SECONDS = 0.5
+FAST = {"PRESENCE_REFRESH_SECONDS": str(REFRESH_SECONDS), "PRESENCE_EVENTS": "true"}
+
+
+async def presence(server: Server) -> dict[str, Any]:
+    async with server.http_client(timeout=10) as http:
+        response = await http.get("/presence", params={"room": DEFAULT_ROOM})
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+
+async def connections(server: Server) -> int:
+    answer = await presence(server)
+    return sum(entry["connections"] for entry in answer["users"])
+
+
+async def until_connections(server: Server, expected: int, *, bound_seconds: float) -> None:
+    """Poll until the server counts `expected` connections; fail past the bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_seconds
+    while (seen := await connections(server)) != expected:
+        assert loop.time() < deadline, f"{seen} connections, not {expected}, after the bound"
+        await asyncio.sleep(0.05)
+
+
+async def test_two_processes_count_each_others_members(start_server: StartServer) -> None:
+    first, second = start_server(**FAST), start_server(**FAST)
+    async with first.connect() as on_first, second.connect() as on_second:
+        welcomes = [await next_message(on_first), await next_message(on_second)]
+        # The second process writes its counts as they change: no refresh is waited for.
+        await until_connections(first, 2, bound_seconds=10)
+        await until_connections(second, 2, bound_seconds=10)
+        answer = await presence(first)
+{%- if cookiecutter.auth == "none" %}
+        # Each process numbers its connections; the process's tag keeps them apart.
+        users = [entry["user"] for entry in answer["users"]]
+        assert len(set(users)) == 2, users
+        assert {user.partition("@")[0] for user in users} == {
+            welcome["connection"] for welcome in welcomes
+        }
+{%- else %}
+        # One user with a tab on each process.
+        assert answer["users"] == [{"user": welcomes[0]["user"], "connections": 2}]
+{%- endif %}
+        await on_second.close()
+        await until_connections(first, 1, bound_seconds=10)
+
+
+async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> None:
+    survivor, doomed = start_server(**FAST), start_server(**FAST)
+    async with survivor.connect() as ws:
+        await next_message(ws)
+        ghosts = [await doomed.connect() for _ in range(3)]
+        for ghost in ghosts:
+            await next_message(ghost)
+        await until_connections(survivor, 4, bound_seconds=10)
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+        # Documented: gone from every answer within 3 * PRESENCE_REFRESH_SECONDS of the
+        # dead process's last write; the bound leaves room for a loaded machine.
+        await until_connections(survivor, 1, bound_seconds=3 * REFRESH_SECONDS + 10)
+        for ghost in ghosts:
+            ghost.transport.abort()
