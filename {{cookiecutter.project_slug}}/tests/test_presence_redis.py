@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
+{%- if cookiecutter.auth == "cookie" %}
+import time
+{%- endif %}
 from typing import Any
 
 import pytest
+{%- if cookiecutter.auth != "none" %}
+from websockets.asyncio.client import ClientConnection, connect
+{%- endif %}
 
+{% if cookiecutter.auth == "query_token" -%}
+from {{ cookiecutter.package_name }}.auth_token import TokenSettings, issue_token
+{% elif cookiecutter.auth == "cookie" -%}
+from {{ cookiecutter.package_name }}.auth_cookie import SessionSigner
+{% endif -%}
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 
-from .conftest import Server, StartServer
+from .conftest import {% if cookiecutter.auth != "none" %}TEST_SECRET, {% endif %}Server, StartServer
 from .messages import next_message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -81,3 +92,42 @@ async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> N
         await until_connections(survivor, 1, bound_seconds=3 * REFRESH_SECONDS + 10)
         for ghost in ghosts:
             ghost.transport.abort()
+{%- if cookiecutter.auth != "none" %}
+
+
+async def connect_as(server: Server, user: str) -> ClientConnection:
+    """A connection of another user than the test's own (`tester`)."""
+{%- if cookiecutter.auth == "query_token" %}
+    token = issue_token(user, 3600, TokenSettings(secret=TEST_SECRET))
+    return await connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
+{%- else %}
+    session = SessionSigner(TEST_SECRET).sign(user, time.time() + 3600)
+    headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+    return await connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
+{%- endif %}
+
+
+async def test_events_are_coalesced_across_processes(start_server: StartServer) -> None:
+    first, second = start_server(**FAST), start_server(**FAST)
+    async with await connect_as(first, "watcher") as watcher, first.connect() as tab_on_first:
+        await next_message(watcher)
+        await next_message(tab_on_first)
+        await until_connections(second, 2, bound_seconds=10)  # second sees tester on first
+        async with second.connect() as tab_on_second:
+            await next_message(tab_on_second)  # joins nobody: tester is on first already
+            await until_connections(first, 3, bound_seconds=10)
+        # Leaves nobody: tester is still on first. Once first sees it gone from second,
+        # closing the last tab is tester's one leave.
+        await until_connections(first, 2, bound_seconds=10)
+        await tab_on_first.close()
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "presence_leave":
+            message = await next_message(watcher)
+            message.pop("id", None)  # an event id, with a history
+            if message["type"].startswith("presence_") and message["user"] == "tester":
+                events.append(message)
+    assert events == [
+        {"type": "presence_join", "room": DEFAULT_ROOM, "user": "tester"},
+        {"type": "presence_leave", "room": DEFAULT_ROOM, "user": "tester"},
+    ]
+{%- endif %}

@@ -20,6 +20,7 @@ notices: nothing per connection, and nothing on the fan-out path. With Redis, a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -83,6 +84,9 @@ class PresenceStore:
     # Follows an anonymous user's name (its connection id), where several processes each
     # number their connections from 1.
     scope = ""
+    # Whether other processes count too: then an event is sent only if the user has no
+    # connection in the room in another process either.
+    shared = False
 
     async def start(self) -> None:
         pass
@@ -132,6 +136,11 @@ class Presence:
         self.check_room = check_room
         self.identify = identify
         self._counts: dict[str, Counts] = {}
+        # With a shared store, events wait here for one task to check the other processes,
+        # in the order their memberships changed.
+        self._events: list[tuple[str, str, str]] = []
+        self._has_events = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
         hub.on_member_joined = self._joined
         hub.on_member_left = self._left
 
@@ -140,8 +149,15 @@ class Presence:
 
     async def start(self) -> None:
         await self.store.start()
+        if self.store.shared and self.settings.events:
+            self._sender = asyncio.create_task(self._send_events(), name="presence-events")
 
     async def stop(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
         await self.store.close()
 
     def local(self, room: str) -> Counts:
@@ -245,6 +261,29 @@ class Presence:
             self._announce("presence_leave", room, user)
 
     def _announce(self, kind: str, room: str, user: str) -> None:
+        if self._sender is not None:
+            self._events.append((kind, room, user))
+            self._has_events.set()
+        else:
+            self._publish(kind, room, user)
+
+    async def _send_events(self) -> None:
+        while True:
+            await self._has_events.wait()
+            self._has_events.clear()
+            events, self._events = self._events, []
+            for kind, room, user in events:
+                try:
+                    elsewhere = any(user in counts for counts in await self.store.others(room))
+                except Exception as error:  # Redis down: the event is lost, not the membership
+                    logger.warning("presence event of %r not sent: %r", room, error)
+                    continue
+                # A user who is still (or already) here is neither joining nor leaving.
+                here = user in self._counts.get(room, {})
+                if not elsewhere and here == (kind == "presence_join"):
+                    self._publish(kind, room, user)
+
+    def _publish(self, kind: str, room: str, user: str) -> None:
         # Through the broker, as any message: with Redis it reaches every process's members.
         # Best effort: a broker that is down loses the event, never the membership.
         try:

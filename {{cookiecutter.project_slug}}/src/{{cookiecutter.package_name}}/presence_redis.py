@@ -81,6 +81,7 @@ class RedisPresence(PresenceStore):
         tag = secrets.token_hex(4)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{tag}"
         self.scope = f"@{tag}"
+        self.shared = True
         self._client = redis_client(settings, retry_connection_errors=True)
         # The live count dicts of this process's rooms (the Presence's own, not copies): an
         # emptied one means the room is gone here, and its entry is deleted.
