@@ -91,7 +91,7 @@ async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> N
         # dead process's last write; the bound leaves room for a loaded machine.
         await until_connections(survivor, 1, bound_seconds=3 * REFRESH_SECONDS + 10)
         for ghost in ghosts:
-            ghost.transport.abort()
+            await ghost.close()  # already closed by the dead peer's kernel: at once
 {%- if cookiecutter.auth != "none" %}
 
 
