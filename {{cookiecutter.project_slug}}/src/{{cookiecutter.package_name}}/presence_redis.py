@@ -130,8 +130,11 @@ class RedisPresence(PresenceStore):
         loop = asyncio.get_running_loop()
         next_refresh = loop.time()
         while True:
+            # timeout_at, not wait_for: in Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the wait ends, and this loop would outlive `close`.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_refresh - loop.time()))
+                async with asyncio.timeout_at(next_refresh):
+                    await self._wake.wait()
             self._wake.clear()
             if loop.time() >= next_refresh:
                 rooms = set(self._rooms)
