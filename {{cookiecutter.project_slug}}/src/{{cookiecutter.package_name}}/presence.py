@@ -14,7 +14,8 @@ connection enters and `presence_leave` when its last one goes: a second tab join
 
 The counts are one dict per room, user to connections, kept from the hub's own join and leave
 notices: nothing per connection, and nothing on the fan-out path. With Redis, a store
-(`presence_redis.py`) shares each process's counts with the others, so the answer spans them.
+(`presence_redis.py`) shares each process's counts with the others, so the answer spans them,
+and an event is sent only after the other processes' counts show the user is not there too.
 """
 
 from __future__ import annotations
