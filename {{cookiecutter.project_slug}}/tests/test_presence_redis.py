@@ -4,10 +4,12 @@ process killed with SIGKILL leaves no ghosts once its entries expire."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 {%- if cookiecutter.auth == "cookie" %}
 import time
 {%- endif %}
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 
 from .conftest import {% if cookiecutter.auth != "none" %}TEST_SECRET, {% endif %}Server, StartServer
 from .messages import next_message
+from .redis_server import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -92,6 +95,30 @@ async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> N
         await until_connections(survivor, 1, bound_seconds=3 * REFRESH_SECONDS + 10)
         for ghost in ghosts:
             await ghost.close()  # already closed by the dead peer's kernel: at once
+
+
+async def test_presence_is_unavailable_while_redis_is_down(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        server = start_server(REDIS_URL=redis.url, **FAST)
+        async with server.connect() as ws, server.http_client(timeout=10) as http:
+            await next_message(ws)
+            redis.kill()
+            await ws.send(json.dumps({"type": "presence", "room": DEFAULT_ROOM}))
+            while (answer := await next_message(ws))["type"] not in ("presence", "error"):
+                pass  # a resync, say
+            assert answer.get("code") == "presence_unavailable", answer
+            response = await http.get("/presence", params={"room": DEFAULT_ROOM})
+            assert response.status_code == 503, response.text
+            assert "presence_unavailable" in response.json()["detail"]
+    finally:
+        redis.kill()
+
+
 {%- if cookiecutter.auth != "none" %}
 
 
