@@ -116,8 +116,8 @@ class RedisPresence(PresenceStore):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a write that redis-py does not abandon at once must not hold shutdown.
+            await asyncio.wait((task,), timeout=self.settings.publish_timeout_seconds)
         # Leave no entry behind for others to wait out: best effort, bounded by the timeouts.
         try:
             await self._write([(room, "") for room in self._rooms])
