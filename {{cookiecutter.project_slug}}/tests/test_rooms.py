@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -148,4 +149,10 @@ def test_a_thousand_cycles_leave_no_rooms_connections_or_tasks(client: TestClien
     hang_up(open_in(client, "probe"))
     assert hub.rooms.keys() <= {"probe"}
     assert len(hub) <= 1
+    # Work the cycles set off may still be finishing (with Redis, subscription changes and a
+    # history read per room opened): a leaked task never ends, so a bounded wait still fails.
+    for _ in range(100):
+        if portal.call(task_count) <= before + 3:
+            break
+        time.sleep(0.05)
     assert portal.call(task_count) <= before + 3, "no reader or writer task outlived its socket"
