@@ -318,7 +318,9 @@ async def test_a_redis_that_stops_answering_fails_publishes_instead_of_holding_t
         replies = [await next_message(ws) for _ in range(10)]
     finally:
         await ws.close()
-    # Every publish is answered, none silently held: those sent wait out the timeout, and
-    # once three wait, the next are refused at once.
-    assert {reply["code"] for reply in replies} == {"broker_unavailable"}, replies
+    # Every publish is answered, none silently held: those sent wait out the timeout (their
+    # outcome unknown, or not sent if the timeout came first), and once three wait, the next
+    # are refused at once (not sent).
+    codes = {reply["code"] for reply in replies}
+    assert codes <= {"broker_unavailable", "publish_outcome_unknown"}, replies
     assert any("not keeping up" in reply["detail"] for reply in replies), replies
