@@ -222,7 +222,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A server of this test's own, started, which it may stop, kill and start again."""
     server = RedisServer(tmp_path)
     server.start()

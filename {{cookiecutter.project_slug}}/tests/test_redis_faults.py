@@ -48,19 +48,19 @@ def readiness_after(server: Server, status: int) -> None:
 
 
 async def test_a_hung_redis_fails_readiness_logs_once_and_recovers(
-    start_server: StartServer, own_redis: RedisServer
+    start_server: StartServer, running_redis: RedisServer
 ) -> None:
-    env = {"REDIS_URL": own_redis.url, **FAST_BACKOFF}
+    env = {"REDIS_URL": running_redis.url, **FAST_BACKOFF}
     servers = [start_server(**env), start_server(**env)]
     members = [await join(server) for server in servers]
-    wait_for_subscribers(own_redis.url, ROOM, 2)
+    wait_for_subscribers(running_redis.url, ROOM, 2)
 
-    own_redis.pause()
+    running_redis.pause()
     try:
         for server in servers:  # the PING goes unanswered: not ready
             await asyncio.to_thread(readiness_after, server, 503)
     finally:
-        own_redis.resume()
+        running_redis.resume()
     for server in servers:
         await asyncio.to_thread(readiness_after, server, 200)
 
@@ -75,7 +75,7 @@ async def test_a_hung_redis_fails_readiness_logs_once_and_recovers(
         assert len(back) == 1, lines
         assert " INFO " in back[0], back
     # The listeners subscribed again: a message reaches both processes.
-    wait_for_subscribers(own_redis.url, ROOM, 2)
+    wait_for_subscribers(running_redis.url, ROOM, 2)
     await publish(members[0], "after")
     for ws in members:
         messages = await until_data(ws, "after")
@@ -84,10 +84,10 @@ async def test_a_hung_redis_fails_readiness_logs_once_and_recovers(
 
 
 async def test_a_publish_caught_by_a_freeze_is_unknown_and_its_retry_not_delivered_twice(
-    start_server: StartServer, own_redis: RedisServer
+    start_server: StartServer, running_redis: RedisServer
 ) -> None:
     env = {
-        "REDIS_URL": own_redis.url,
+        "REDIS_URL": running_redis.url,
         "REDIS_PUBLISH_TIMEOUT_SECONDS": "0.5",
         # The freeze is noticed late, so that the publish goes out to the frozen Redis.
         "REDIS_HEALTH_CHECK_INTERVAL_SECONDS": "30",
@@ -96,19 +96,19 @@ async def test_a_publish_caught_by_a_freeze_is_unknown_and_its_retry_not_deliver
     }
     first, second = start_server(**env), start_server(**env)
     sender, member = await join(first), await join(second)
-    wait_for_subscribers(own_redis.url, ROOM, 2)
+    wait_for_subscribers(running_redis.url, ROOM, 2)
     # The publisher's connection is open (a connection still opening when Redis freezes
     # has sent nothing: that publish is simply `broker_unavailable`).
     await publish(sender, "warm")
     for ws in (sender, member):
         assert (await next_message(ws))["data"] == "warm"
 
-    own_redis.pause()
+    running_redis.pause()
     try:
         await publish(sender, "once", key="client-chosen-1")
         error = await next_message(sender)
     finally:
-        own_redis.resume()
+        running_redis.resume()
     # It went out: nobody can say whether Redis will run it. It does, once it runs again.
     assert error["type"] == "error", error
     assert error["code"] == "publish_outcome_unknown", error
@@ -129,18 +129,18 @@ async def test_a_publish_caught_by_a_freeze_is_unknown_and_its_retry_not_deliver
 
 
 async def test_the_first_publish_after_a_restart_works(
-    start_server: StartServer, own_redis: RedisServer
+    start_server: StartServer, running_redis: RedisServer
 ) -> None:
-    server = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF)
+    server = start_server(REDIS_URL=running_redis.url, **FAST_BACKOFF)
     ws = await join(server)
     # Several publishes at once use several pooled connections; all go stale in the restart.
     for n in range(3):
         await publish(ws, n)
     assert [(await next_message(ws))["data"] for _ in range(3)] == [0, 1, 2]
 
-    own_redis.kill()
+    running_redis.kill()
     await asyncio.to_thread(readiness_after, server, 503)
-    own_redis.start()
+    running_redis.start()
     await asyncio.to_thread(readiness_after, server, 200)
 
     await publish(ws, "first after")
@@ -150,21 +150,21 @@ async def test_the_first_publish_after_a_restart_works(
 
 
 @pytest.fixture
-def held_proxy(own_redis: RedisServer) -> Iterator[HeldProxy]:
-    """A proxy to `own_redis` that the test can hold, for one process to go through."""
-    proxy = HeldProxy(own_redis.port)
+def held_proxy(running_redis: RedisServer) -> Iterator[HeldProxy]:
+    """A proxy to `running_redis` that the test can hold, for one process to go through."""
+    proxy = HeldProxy(running_redis.port)
     proxy.start()
     yield proxy
     proxy.stop()
 
 
 async def test_members_of_a_process_cut_off_from_redis_get_every_message_or_a_resync(
-    start_server: StartServer, own_redis: RedisServer, held_proxy: HeldProxy
+    start_server: StartServer, running_redis: RedisServer, held_proxy: HeldProxy
 ) -> None:
-    publisher = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF, **UNLIMITED)
+    publisher = start_server(REDIS_URL=running_redis.url, **FAST_BACKOFF, **UNLIMITED)
     cut_off = start_server(REDIS_URL=held_proxy.url, **FAST_BACKOFF)
     sender, member = await join(publisher), await join(cut_off)
-    wait_for_subscribers(own_redis.url, ROOM, 2)
+    wait_for_subscribers(running_redis.url, ROOM, 2)
     await publish(sender, 0)
     for ws in (sender, member):
         assert (await next_message(ws))["data"] == 0
@@ -178,7 +178,7 @@ async def test_members_of_a_process_cut_off_from_redis_get_every_message_or_a_re
     finally:
         held_proxy.release()
     await asyncio.to_thread(readiness_after, cut_off, 200)
-    wait_for_subscribers(own_redis.url, ROOM, 2)
+    wait_for_subscribers(running_redis.url, ROOM, 2)
     for n in range(11, 16):
         await publish(sender, n)
 

@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def held_proxy(own_redis: RedisServer) -> Iterator[HeldProxy]:
-    proxy = HeldProxy(own_redis.port)
+def held_proxy(running_redis: RedisServer) -> Iterator[HeldProxy]:
+    proxy = HeldProxy(running_redis.port)
     proxy.start()
     yield proxy
     proxy.stop()
@@ -40,9 +40,9 @@ async def events_until(stream: Stream, last: object) -> list[tuple[str, dict[str
 
 
 async def test_a_stream_on_a_process_cut_off_from_redis_misses_nothing(
-    start_server: StartServer, own_redis: RedisServer, held_proxy: HeldProxy
+    start_server: StartServer, running_redis: RedisServer, held_proxy: HeldProxy
 ) -> None:
-    publisher = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF, **UNLIMITED)
+    publisher = start_server(REDIS_URL=running_redis.url, **FAST_BACKOFF, **UNLIMITED)
     cut_off = start_server(REDIS_URL=held_proxy.url, **FAST_BACKOFF)
     async with open_stream(cut_off) as stream, publisher.http_client(timeout=10) as client:
         await post(publisher, 0, client=client)
@@ -66,11 +66,11 @@ async def test_a_stream_on_a_process_cut_off_from_redis_misses_nothing(
 
 
 async def test_a_quiet_room_on_a_process_cut_off_from_redis_misses_nothing_either(
-    start_server: StartServer, own_redis: RedisServer, held_proxy: HeldProxy
+    start_server: StartServer, running_redis: RedisServer, held_proxy: HeldProxy
 ) -> None:
     """Nothing was delivered in the room here before the outage: the gap starts where the
     room's history stood when this process began to listen."""
-    publisher = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF, **UNLIMITED)
+    publisher = start_server(REDIS_URL=running_redis.url, **FAST_BACKOFF, **UNLIMITED)
     cut_off = start_server(REDIS_URL=held_proxy.url, **FAST_BACKOFF)
     async with publisher.http_client(timeout=10) as client:
         await post(publisher, "before", client=client)  # in the history, not owed to anyone
@@ -95,9 +95,9 @@ async def test_a_quiet_room_on_a_process_cut_off_from_redis_misses_nothing_eithe
 
 
 async def test_the_first_resume_after_redis_restarts_ends_in_an_event(
-    start_server: StartServer, own_redis: RedisServer
+    start_server: StartServer, running_redis: RedisServer
 ) -> None:
-    server = start_server(REDIS_URL=own_redis.url, **FAST_BACKOFF)
+    server = start_server(REDIS_URL=running_redis.url, **FAST_BACKOFF)
     async with open_stream(server) as stream:
         await post(server, 0)
         cursor, _ = await stream.next_message()
@@ -107,9 +107,9 @@ async def test_the_first_resume_after_redis_restarts_ends_in_an_event(
         cursor, frame = await stream.next_message()
         assert frame["data"] == 1
 
-    own_redis.kill()
+    running_redis.kill()
     await asyncio.to_thread(wait_for_readiness, server, 503, 400)
-    own_redis.start()  # empty: the history is gone with the old server
+    running_redis.start()  # empty: the history is gone with the old server
     await asyncio.to_thread(wait_for_readiness, server, 200, 400)
 
     async with open_stream(server, last_event_id=cursor) as stream:
