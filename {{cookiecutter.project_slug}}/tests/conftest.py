@@ -30,7 +30,7 @@ from {{ cookiecutter.package_name }}.identity import anonymous
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- if cookiecutter.use_redis %}
 
-from .redis_server import RedisServer
+from .redis_server import HeldProxy, RedisServer
 {%- endif %}
 
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -228,4 +228,13 @@ def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def held_proxy(running_redis: RedisServer) -> Iterator[HeldProxy]:
+    """A proxy to `running_redis` that the test can hold, for one process to go through."""
+    proxy = HeldProxy(running_redis.port)
+    proxy.start()
+    yield proxy
+    proxy.stop()
 {%- endif %}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -147,15 +146,6 @@ async def test_the_first_publish_after_a_restart_works(
     messages = await until_data(ws, "first after")
     assert [m["type"] for m in messages] in (["message"], ["resync", "message"]), messages
     await ws.close()
-
-
-@pytest.fixture
-def held_proxy(running_redis: RedisServer) -> Iterator[HeldProxy]:
-    """A proxy to `running_redis` that the test can hold, for one process to go through."""
-    proxy = HeldProxy(running_redis.port)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 async def test_members_of_a_process_cut_off_from_redis_get_every_message_or_a_resync(

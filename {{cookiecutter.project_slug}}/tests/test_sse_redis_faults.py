@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,6 @@ from .test_redis_broker import FAST_BACKOFF, UNLIMITED, wait_for_readiness
 from .test_sse import ROOM, Stream, open_stream, post
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def held_proxy(running_redis: RedisServer) -> Iterator[HeldProxy]:
-    proxy = HeldProxy(running_redis.port)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 async def events_until(stream: Stream, last: object) -> list[tuple[str, dict[str, Any]]]:
