@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -129,3 +130,26 @@ async def test_health_endpoints_answer_over_http(start_server: StartServer) -> N
     async with httpx2.AsyncClient(base_url=server.http_url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).status_code == 200
+
+
+def mapped_extensions(server: Server) -> set[str]:
+    """Which of uvloop and httptools the server process has loaded (their compiled modules
+    are mapped into it only once imported)."""
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text(encoding="utf-8")
+    return {name for name in ("uvloop", "httptools") if f"/{name}/" in maps}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+async def test_the_service_runs_on_uvloop_and_httptools_unless_told_otherwise(
+    start_server: StartServer,
+) -> None:
+    # The defaults (SERVER_LOOP=auto, SERVER_HTTP=auto) take them: they are dependencies,
+    # chosen by the template's bench (less CPU per delivery, a lower tail).
+    fast = start_server()
+    plain = start_server(SERVER_LOOP="asyncio", SERVER_HTTP="h11")
+    assert mapped_extensions(fast) == {"uvloop", "httptools"}, fast.output()
+    # (httptools may be imported all the same, by uvicorn's configuration; the loop is not.)
+    assert "uvloop" not in mapped_extensions(plain), plain.output()
+    for server in (fast, plain):
+        async with server.connect() as ws:
+            assert (await next_message(ws))["type"] == "welcome"

@@ -17,7 +17,8 @@ or SSE stream is refused before accept with HTTP 503 and `Retry-After`, so the c
 Should the process still run out of descriptors (clients that open TCP connections and send
 nothing, say), asyncio's accept loop logs a traceback for every failed accept, a backlog's
 worth (2,048 under uvicorn) each second, megabytes a second: `AcceptErrorLog` replaces them
-with one WARNING, then one per interval counting the failures since, and no traceback.
+with one WARNING, then one per interval counting the failures since, and no traceback. uvloop
+(the default loop) never reports them: libuv accepts and at once closes what it cannot keep.
 """
 
 from __future__ import annotations
