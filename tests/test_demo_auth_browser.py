@@ -8,20 +8,20 @@ get a token (query_token) or a session cookie (cookie) for any name.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from rendering import DEFAULT, install, render_cookiecutter
+from rendering import DEFAULT, free_port, install, package_of, render_cookiecutter
 from test_demo_browser import (
-    CHROMIUM,
     TIMEOUT_MS,
     DemoServer,
     InstalledProject,
     browser,
+    demo_page,
     expect_message,
-    free_port,
     send,
     server,
     unique,
@@ -44,8 +44,7 @@ def project(
     root = render_cookiecutter(answers, tmp_path_factory.mktemp(f"browser-{request.param}"))
     assert (root / ".env").read_text().count("AUTH_SECRET=") == 1
     bin_folder = install(root)
-    (package,) = [path.name for path in (root / "src").iterdir() if path.is_dir()]
-    return InstalledProject(bin_folder / "python", package)
+    return InstalledProject(bin_folder / "python", package_of(root))
 
 
 # Each mode reads its own and ignores the other's.
@@ -62,25 +61,17 @@ def open_logged_in_page(
     browser: Browser | None, server: DemoServer
 ) -> Iterator[Callable[[str], Page]]:
     """Opens the demo in a new browser context, logs in as `user`, waits until connected."""
-    contexts = []
+    with contextlib.ExitStack() as pages:
 
-    def open_page(user: str) -> Page:
-        if browser is None:
-            pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
-        context = browser.new_context()
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.url)
-        expect(page.locator("#status")).to_have_text("closed")
-        page.fill("#user", user)
-        page.click("#login-form button[type=submit]")
-        expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
-        return page
+        def open_page(user: str) -> Page:
+            page = pages.enter_context(demo_page(browser, server.url))
+            expect(page.locator("#status")).to_have_text("closed")
+            page.fill("#user", user)
+            page.click("#login-form button[type=submit]")
+            expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+            return page
 
-    yield open_page
-    for context in contexts:
-        context.close()
+        yield open_page
 
 
 def test_pages_log_in_and_chat_and_messages_name_their_sender(
@@ -117,21 +108,15 @@ def test_an_expired_session_closes_the_socket_and_the_page_asks_to_log_in_again(
 def test_without_the_dev_endpoints_the_page_says_how_to_turn_them_on(
     browser: Browser | None, project: InstalledProject, tmp_path: Path
 ) -> None:
-    if browser is None:
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
     workdir = tmp_path / "server"
     workdir.mkdir()
     demo = DemoServer(project, free_port(), workdir)
     demo.start()
-    context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(demo.url)
-        page.fill("#user", "alice")
-        page.click("#login-form button[type=submit]")
-        expect(page.locator("#messages")).to_contain_text("AUTH_DEV_ENDPOINTS=true")
-        expect(page.locator("#status")).not_to_have_text("open")
+        with demo_page(browser, demo.url) as page:
+            page.fill("#user", "alice")
+            page.click("#login-form button[type=submit]")
+            expect(page.locator("#messages")).to_contain_text("AUTH_DEV_ENDPOINTS=true")
+            expect(page.locator("#status")).not_to_have_text("open")
     finally:
-        context.close()
         demo.stop()

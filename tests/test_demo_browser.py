@@ -9,9 +9,9 @@ not depend on (.ci/run installs chromium with apt-get).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from rendering import DEFAULT, install, render_cookiecutter
+from rendering import DEFAULT, free_port, install, package_of, render_cookiecutter
 
 # Rendering and installing the project is most of the time; the default ceiling is too tight.
 pytestmark = pytest.mark.timeout(900)
@@ -130,13 +130,6 @@ class DemoServer:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def unique(text: str) -> str:
     """A message no other test, page or earlier run could have sent."""
     return f"{text}-{uuid.uuid4().hex[:8]}"
@@ -162,8 +155,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> InstalledProject:
     """The template's default answers, rendered and installed into the project's own venv."""
     root = render_cookiecutter(DEFAULT.answers, tmp_path_factory.mktemp("browser-demo"))
     bin_folder = install(root)
-    (package,) = [path.name for path in (root / "src").iterdir() if path.is_dir()]
-    return InstalledProject(bin_folder / "python", package)
+    return InstalledProject(bin_folder / "python", package_of(root))
 
 
 @pytest.fixture
@@ -188,26 +180,34 @@ def server(
         print(demo.output())
 
 
+@contextlib.contextmanager
+def demo_page(browser: Browser | None, url: str) -> Iterator[Page]:
+    """A page at `url` in a browser context of its own (its own cookies: its own user, as it
+    were), closed when the block ends."""
+    if browser is None:
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        yield page
+    finally:
+        context.close()
+
+
 @pytest.fixture
 def open_demo_page(browser: Browser | None, server: DemoServer) -> Iterator[Callable[[], Page]]:
     """Opens the demo in a new browser context (its own user, as it were) and waits until it
     is connected."""
-    contexts = []
+    with contextlib.ExitStack() as pages:
 
-    def open_page() -> Page:
-        if browser is None:
-            pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
-        context = browser.new_context()
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server.url)
-        expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
-        return page
+        def open_page() -> Page:
+            page = pages.enter_context(demo_page(browser, server.url))
+            expect(page.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+            return page
 
-    yield open_page
-    for context in contexts:
-        context.close()
+        yield open_page
 
 
 def send(page: Page, text: str, room: str | None = None) -> None:

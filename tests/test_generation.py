@@ -20,6 +20,7 @@ from rendering import (
     Combination,
     CommandFailed,
     load_hook,
+    package_of,
     render_cookiecutter,
     render_cookiecutter_typed,
     render_copier,
@@ -139,14 +140,9 @@ def test_the_hooks_answers_file_is_gone(rendered: Rendered) -> None:
         assert not (root / post_gen.ANSWERS_FILE).exists()
 
 
-def package_name(project: Path) -> str:
-    (package,) = [path.name for path in (project / "src").iterdir() if path.is_dir()]
-    return package
-
-
 def test_exactly_the_unchosen_features_files_are_pruned(rendered: Rendered) -> None:
     project = rendered.by_cookiecutter
-    answers = {**QUESTIONS, **rendered.combination.answers, "package_name": package_name(project)}
+    answers = {**QUESTIONS, **rendered.combination.answers, "package_name": package_of(project)}
     wrong = []
     for feature, paths in post_gen.MANIFEST.items():
         chosen = post_gen.is_chosen(feature, answers)

@@ -5,7 +5,6 @@ forgot, so each one pays for its own install (uv's shared cache keeps that cheap
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -14,12 +13,16 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 from rendering import (
+    CHECKS,
     COMBINATIONS,
     DEFAULT,
+    FAST_CHECKS,
     FEATURES,
+    SLOW_CHECKS,
     Combination,
-    CommandFailed,
+    assert_checks_pass,
     install,
+    project_environment,
     render_cookiecutter,
     render_cookiecutter_typed,
     run,
@@ -27,58 +30,13 @@ from rendering import (
     uv_executable,
 )
 
-# The generated project's own checks, as its README and CI run them; each tool is configured
-# in the generated pyproject.toml (mypy's strict mode and files included).
-CHECKS: list[list[str]] = [
-    ["ruff", "check", "."],
-    ["ruff", "format", "--check", "."],
-    ["mypy"],
-    ["pytest", "-q", "-p", "no:cacheprovider"],
-]
-# The same, split at the project's `slow` marker (tests that start servers to break them:
-# faults, floods, fuzzing). Every combination runs the rest; the slow ones run in the
-# combinations of SLOW_COVER below, which give every answer of every question at least once:
-# all 48 would add most of an hour to the template's CI and, the tests being about the
-# service's edges, little that these do not already reach.
-FAST_CHECKS = [*CHECKS[:-1], [*CHECKS[-1], "-m", "not slow"]]
-SLOW_CHECKS = [[*CHECKS[-1], "-m", "slow"]]
-
-
-def project_environment(bin_dir: Path) -> dict[str, str]:
-    """The environment a developer has after activating the project's virtualenv."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        # The template suite's own pytest and xdist settings must not leak into the project's.
-        if not name.startswith(("PYTEST_", "PYTHON")) and name != "VIRTUAL_ENV"
-    }
-    env["VIRTUAL_ENV"] = str(bin_dir.parent)
-    # uv too, as the README asks for it: the mypy hook runs through `uv run`.
-    uv_dir = str(Path(uv_executable()).parent)
-    env["PATH"] = os.pathsep.join([str(bin_dir), uv_dir, env.get("PATH", "")])
-    return env
-
-
-def failed_checks(project: Path, bin_dir: Path, checks: list[list[str]]) -> list[str]:
-    """Run every check, even after one fails, and return the failures' output."""
-    env = project_environment(bin_dir)
-    failures = []
-    for tool, *args in checks:
-        try:
-            run([bin_dir / tool, *args], cwd=project, env=env)
-        except CommandFailed as failure:
-            failures.append(str(failure))
-    return failures
-
 
 @pytest.mark.matrix
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=lambda combination: combination.id)
 def test_combination_passes_its_own_checks(combination: Combination, tmp_path: Path) -> None:
     project = render_cookiecutter(combination.answers, tmp_path)
-    bin_dir = install(project)
-    failures = failed_checks(project, bin_dir, FAST_CHECKS)
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, install(project), FAST_CHECKS)
 
 
 def with_answers(**answers: object) -> Combination:
@@ -107,9 +65,7 @@ def test_slow_cover_gives_every_answer_at_least_once() -> None:
 @pytest.mark.parametrize("combination", SLOW_COVER, ids=lambda combination: combination.id)
 def test_combination_passes_its_slow_tests(combination: Combination, tmp_path: Path) -> None:
     project = render_cookiecutter(combination.answers, tmp_path)
-    bin_dir = install(project)
-    failures = failed_checks(project, bin_dir, SLOW_CHECKS)
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, install(project), SLOW_CHECKS)
 
 
 # The oldest versions pyproject.toml allows, in the combinations with every feature on and every
@@ -162,8 +118,7 @@ def test_lowest_bounds_pass_their_own_checks(combination: Combination, tmp_path:
     # Not the slow tests: the header fuzz finds that the oldest uvicorn and websockets allowed
     # answer some malformed upgrades with a 500 or nothing, which the newest answer with a
     # 400 (see the README); the floors do not yet promise that, only a working service.
-    failures = failed_checks(project, bin_dir, FAST_CHECKS)
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, bin_dir, FAST_CHECKS)
 
 
 @pytest.mark.matrix
@@ -198,8 +153,7 @@ def test_pre_commit_passes_on_the_default_project(tmp_path: Path) -> None:
     # Otherwise `git add -A` would hand the whole virtualenv to the hooks.
     assert git_ignores(project, ".venv/", env), "the generated .gitignore must ignore .venv/"
     run(["git", "add", "-A"], cwd=project, env=env)
-    failures = failed_checks(project, bin_dir, [["pre-commit", "run", "--all-files"]])
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, bin_dir, [["pre-commit", "run", "--all-files"]])
 
 
 # Every kind of answer that once broke a rendered file, in one: quotes of both kinds (which flip
@@ -225,6 +179,4 @@ def test_a_project_with_hostile_answers_passes_its_own_checks(tmp_path: Path) ->
         "author": HOSTILE_TEXT,
     }
     project = render_cookiecutter_typed(answers, tmp_path)
-    bin_dir = install(project)
-    failures = failed_checks(project, bin_dir, CHECKS)
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, install(project), CHECKS)

