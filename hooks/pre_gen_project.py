@@ -36,7 +36,7 @@ NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\u
 # fail to render, on the first update. So it is refused.
 JINJA_TAG = re.compile(r"\x7b[\x7b%#]")
 
-# What the slugifier (cookiecutter.json, copier.yml) gives for a name with no ASCII letter or
+# What the slugifier (slug.jinja, which both engines use) gives for a name with no ASCII letter or
 # digit, rather than "": cookiecutter creates the project folder before any hook runs, and an
 # empty name is the output folder itself ("directory already exists"). It is not a valid
 # distribution name, so it is refused below, with a message that says what to do.
