@@ -25,7 +25,7 @@ from fastapi.routing import APIWebSocketRoute
 from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
@@ -135,9 +135,14 @@ class Endpoint:
         except asyncio.CancelledError:
             if not connection.interrupted():
                 raise
-        except Exception as error:
+        except (WebSocketDisconnect, OSError) as error:
             # A receive on a socket the client already dropped: expected, quiet.
             logger.debug("reading %r ended by %r", connection, error)
+        except Exception:
+            # A bug (in a feature's on_open, the welcome frame, the read loop): never hidden.
+            # The client is told, and the operator gets the traceback.
+            logger.exception("serving %r failed", connection)
+            connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
             connection.read_in(None)
