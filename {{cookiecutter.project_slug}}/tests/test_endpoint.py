@@ -18,10 +18,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
-from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.hub import Connection, Hub, HubSettings
 from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM, Message, Protocol, encode
-from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
+from {{ cookiecutter.package_name }}.settings import Settings
 
 from .messages import receive
 
