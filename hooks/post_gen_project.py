@@ -43,7 +43,6 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "tests/test_sse.py",
     ),
     "use_sse&use_redis": (
-        "src/{package_name}/sse_redis.py",
         "tests/test_sse_redis.py",
         "tests/test_sse_redis_faults.py",
     ),

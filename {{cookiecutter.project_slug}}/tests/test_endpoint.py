@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,14 +14,14 @@ from starlette import status
 from starlette.requests import HTTPConnection
 from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
-from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.hub import Connection, Hub, HubSettings
 from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM, Message, Protocol, encode
-from {{ cookiecutter.package_name }}.settings import HubSettings, Settings
+from {{ cookiecutter.package_name }}.settings import Settings
 
 from .messages import receive
 
@@ -205,6 +206,31 @@ def test_a_server_error_closes_with_1011_and_cleans_up(exploding_client: TestCli
     hub = hub_of(exploding_client)
     assert len(hub) == 0
     assert hub.rooms == {}
+
+
+def broken_on_open(connection: Connection, websocket: WebSocket) -> None:
+    raise KeyError("a bug in a feature's on_open")
+
+
+def test_a_bug_in_a_hook_closes_with_1011_and_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a disconnect: the client is told (1011), and the operator sees the bug at ERROR."""
+    app = create_app(Settings())
+    hub: Hub = app.state.hub
+    app.router.routes.clear()
+    app.add_api_websocket_route(
+        "/ws", Endpoint(hub, Protocol(), HubSettings(), on_open=broken_on_open)
+    )
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        with pytest.raises(WebSocketDisconnect) as closed:
+            receive(ws)
+        assert closed.value.code == status.WS_1011_INTERNAL_ERROR
+    failures = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert failures, "the bug is logged at ERROR"
+    assert failures[0].exc_info is not None
+    assert "a bug in a feature's on_open" in str(failures[0].exc_info[1])
+    assert len(hub) == 0
 
 
 def test_a_client_that_leaves_is_removed_with_its_rooms(client: TestClient) -> None:

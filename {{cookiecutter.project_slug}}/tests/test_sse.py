@@ -21,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.history import UNKNOWN_POSITION, LocalHistory, order, parse_cursor
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.settings import Settings
-from {{ cookiecutter.package_name }}.sse import UNKNOWN_POSITION, LocalHistory, order, parse_cursor
+from {{ cookiecutter.package_name }}.sse import ServerSentEvents
 {% if cookiecutter.auth != "none" %}
 from .conftest import TEST_SECRET, Server, StartServer, free_port, sign_in
 {%- else %}
@@ -392,7 +393,10 @@ async def test_a_thousand_streams_opened_and_closed_leave_no_tasks_behind() -> N
         assert await settled(baseline) <= baseline
         assert len(app.state.hub) == 0
         assert app.state.hub.rooms == {}
-        assert app.state.sse.streams == set()
+        (sse,) = (
+            feature for feature in app.state.features if isinstance(feature, ServerSentEvents)
+        )
+        assert sse.streams == set()
 
 
 async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: StartServer) -> None:

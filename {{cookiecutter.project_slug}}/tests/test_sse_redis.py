@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from {{ cookiecutter.package_name }}.sse import order
+from {{ cookiecutter.package_name }}.history import order
 
 from .conftest import StartServer
 from .messages import next_message

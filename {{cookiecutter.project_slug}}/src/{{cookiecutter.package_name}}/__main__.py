@@ -11,11 +11,11 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
-{% if cookiecutter.auth == "query_token" %}
-from .auth_token import print_token
-{%- endif %}
+
+from .broker import MEMORY, broker_scheme
+from .features import COMMANDS
 from .logs import log_config
-from .settings import ServerSettings, Settings
+from .settings import Settings
 from .ws_protocol import serving_protocol
 
 
@@ -46,33 +46,41 @@ def serve(settings: Settings, *, reload: bool) -> None:
         # uvicorn then refuses larger frames itself with 1009, before they are buffered.
         ws_max_size=settings.hub.max_message_bytes,
         timeout_graceful_shutdown=settings.server.shutdown_timeout_seconds,
-{%- if cookiecutter.use_heartbeats %}
-        # No protocol-level pings: the application's heartbeat (heartbeat.py) replaces them.
-        # Its pings reach the JavaScript client, which cannot see protocol pings and so cannot
-        # tell a quiet server from a dead one, and one task pings every connection, where
-        # uvicorn keeps a timer per connection.
-        ws_ping_interval=None,
-        ws_ping_timeout=None,
-{%- endif %}
+        # With the heartbeat feature, no protocol-level pings: the application's heartbeat
+        # (heartbeat.py) replaces them. Its pings reach the JavaScript client, which cannot
+        # see protocol pings and so cannot tell a quiet server from a dead one, and one task
+        # pings every connection, where uvicorn keeps a timer per connection.
+        ws_ping_interval=None if has_group(settings, "heartbeat") else 20.0,
+        ws_ping_timeout=None if has_group(settings, "heartbeat") else 20.0,
         # uvicorn's lines and the service's in one format (SERVER_LOG_FORMAT); the app itself
         # keeps query strings, which may carry credentials, out of them (log_redaction.py).
         log_config=log_config(settings.server.log_format, settings.server.log_level),
     )
 
 
-def refusal_to_serve(server: ServerSettings, *, reload: bool) -> str | None:
+def has_group(settings: Settings, group: str) -> bool:
+    """Whether the project was generated with the feature of this settings group."""
+    return group in type(settings).model_fields
+
+
+def refusal_to_serve(settings: Settings, *, reload: bool) -> str | None:
     """Why these settings cannot be served, if they cannot."""
+    server = settings.server
     if server.workers > 1 and reload:
         return "--reload serves one process: it cannot be combined with --workers above 1"
-{%- if not cookiecutter.use_redis %}
-    if server.workers > 1:
+    with_redis = has_group(settings, "redis")
+    if server.workers > 1 and broker_scheme(settings.broker.url, with_redis) == "memory":
         # Each worker would have rooms of its own, and a message would reach only the clients
         # of the worker it was sent to, silently.
+        if not with_redis:
+            return (
+                f"--workers {server.workers} (SERVER_WORKERS) needs Redis, through which "
+                "workers share rooms: this project was generated without it (use_redis)"
+            )
         return (
             f"--workers {server.workers} (SERVER_WORKERS) needs Redis, through which workers "
-            "share rooms: this project was generated without it (use_redis)"
+            f"share rooms: BROKER_URL is {MEMORY}"
         )
-{%- endif %}
     return None
 
 
@@ -114,17 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_command.add_argument(
         "--workers", type=at_least_one, help="processes to serve with; overrides SERVER_WORKERS"
     )
-{%- if cookiecutter.auth == "query_token" %}
-    token_command = commands.add_parser("token", help="print a signed token for USER")
-    token_command.add_argument("user", metavar="USER")
-    token_command.add_argument("--ttl", type=int, default=3600, help="seconds it is valid")
-    token_command.add_argument(
-        "--rooms", help="rooms it may join: names or patterns, comma-separated (default: all)"
-    )
-    token_command.add_argument(
-        "--publish", help="rooms it may publish to, the same way (default: those of --rooms)"
-    )
-{%- endif %}
+    for command in COMMANDS:
+        command.add_arguments(commands.add_parser(command.name, help=command.help))
     args = parser.parse_args(argv)
 
     try:
@@ -133,12 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         # A clear refusal to start, naming each variable at fault, rather than a traceback.
         print(f"error: invalid settings: {'; '.join(settings_errors(error))}", file=sys.stderr)
         return 2
-{%- if cookiecutter.auth == "query_token" %}
-    if args.command == "token":
-        return print_token(
-            settings.auth, args.user, args.ttl, rooms=args.rooms, publish=args.publish
-        )
-{%- endif %}
+    for command in COMMANDS:
+        if args.command == command.name:
+            return command.run(args, settings)
     if args.command in (None, "serve"):
         overrides = {
             name: value
@@ -147,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         settings.server = settings.server.model_copy(update=overrides)
         reload = getattr(args, "reload", False)
-        if refusal := refusal_to_serve(settings.server, reload=reload):
+        if refusal := refusal_to_serve(settings, reload=reload):
             print(f"error: {refusal}", file=sys.stderr)
             return 2
         serve(settings, reload=reload)

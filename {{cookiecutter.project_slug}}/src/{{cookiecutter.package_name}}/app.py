@@ -1,52 +1,35 @@
-"""The app factory: builds the hub, the protocol and the routes from the settings."""
+"""The app factory: builds the core from the settings, then the chosen features on it.
+
+Plain Python over the list of features (features.py): each is registered, routed, started in
+order and stopped in reverse; nothing here knows which features were chosen.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from starlette import status
 
 from . import __version__
 from .about import DESCRIPTION, NAME
-{%- if cookiecutter.auth == "query_token" %}
-from .auth_token import TokenAuth
-{%- elif cookiecutter.auth == "cookie" %}
-from .auth_cookie import CookieAuth
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-from .broker import Broker
-{%- else %}
-from .broker import Broker, LocalBroker
-{%- endif %}
+from .broker import open_broker
 from .capacity import Capacity
 from .demo import mount_demo
-from .endpoint import Endpoint, Identify, OnOpen, RealtimeApp, anonymous
+from .endpoint import Endpoint, RealtimeApp
+from .feature import Core, Feature
+from .features import chosen, provided
 from .gc_pacing import GcPacer
 from .health import Readiness, health_router
-{%- if cookiecutter.use_heartbeats %}
-from .heartbeat import Heartbeat
-{%- endif %}
-from .hub import Hub
+from .hub import Connection, Hub
+from .identity import anonymous
 from .log_redaction import install_log_filters
 from .metrics import counting_rooms, metrics_router
 from .permissions import Authorize, authorize, authorizing
 from .protocol import Protocol, Publish
 from .publishing import Publisher
-{%- if cookiecutter.use_redis %}
-from .redis_broker import RedisBroker
-{%- endif %}
-{%- if cookiecutter.use_rooms %}
-from .rooms import Rooms
-{%- endif %}
 from .settings import Settings
-{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
-from .sse import History, ServerSentEvents, http_user
-from .sse_redis import RedisHistory
-{%- elif cookiecutter.use_sse %}
-from .sse import History, LocalHistory, ServerSentEvents, http_user
-{%- endif %}
 
 __all__ = ["create_app"]
 
@@ -58,75 +41,45 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     # Here, not in `serve`: however the app is run (uvicorn's command line too), no query
     # string (a token) reaches uvicorn's log.
     install_log_filters()
+    lent = provided(settings)
     hub = Hub()
     readiness = Readiness()
     capacity = Capacity(hub, settings.capacity)
     readiness.add_check("capacity", capacity.has_room)
-{%- if cookiecutter.use_sse and cookiecutter.use_redis %}
-    # Every message gets its event id once, as Redis records it in the room's history while
-    # publishing it, before any subscriber sees it.
-    broker: Broker = RedisBroker(
-        hub, settings.redis, history_size=settings.sse.history_size, publish=settings.publish
+    broker, history = open_broker(
+        settings.broker.url, lent.brokers, hub, lent.history_size, settings.publish
     )
-    history: History = RedisHistory(settings.redis)
-{%- elif cookiecutter.use_redis %}
-    broker: Broker = RedisBroker(hub, settings.redis, publish=settings.publish)
-{%- elif cookiecutter.use_sse %}
-    # Every message gets its event id once, as it is recorded, before any subscriber sees it.
-    local_history = LocalHistory(settings.sse.history_size)
-    broker: Broker = LocalBroker(hub, stamp=local_history.append, publish=settings.publish)
-    history: History = local_history
-{%- else %}
-    broker: Broker = LocalBroker(hub, publish=settings.publish)
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    readiness.add_check("redis", lambda: broker.ready)
-{%- endif %}
+    if broker.name != "memory":
+        readiness.add_check(broker.name, lambda: broker.ready)
     hub.on_room_opened, hub.on_room_closed = counting_rooms(broker.subscribe, broker.unsubscribe)
     protocol = Protocol()
     publisher = Publisher(broker)
     protocol.on("publish", Publish, publisher.handle)
-    on_open: OnOpen | None = None
-{%- if cookiecutter.use_rooms %}
-    rooms = Rooms(hub, settings.rooms)
-    rooms.register(protocol)
-    on_open = rooms.on_open
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-    sse_settings = settings.sse
-{%- endif %}
-{%- if cookiecutter.use_sse and cookiecutter.use_heartbeats %}
-    # One rhythm for every client: SSE comment pings follow the heartbeat's interval.
-    sse_settings = sse_settings.model_copy(
-        update={"ping_interval_seconds": settings.heartbeat.interval_seconds}
+    identify = lent.identity.identify if lent.identity is not None else anonymous
+    core = Core(
+        hub=hub,
+        hub_settings=settings.hub,
+        protocol=protocol,
+        broker=broker,
+        history=history,
+        publisher=publisher,
+        readiness=readiness,
+        identify=capacity.guard(authorizing(identify, authorize)),
+        check_room=lent.check_room,
+        heartbeat_seconds=lent.heartbeat_seconds,
     )
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-    sse = ServerSentEvents(
-        hub, publisher, history, sse_settings, settings.hub, listening=broker.listening
-    )
-{%- endif %}
-{%- if cookiecutter.use_sse and cookiecutter.use_rooms %}
-    sse.check_room = rooms.check_name
-{%- endif %}
+    features: list[Feature] = [
+        *([lent.identity] if lent.identity is not None else []),
+        *chosen(core, settings),
+    ]
     welcome: dict[str, object] = {}
-{%- if cookiecutter.use_heartbeats %}
-    heartbeat = Heartbeat(hub, settings.heartbeat)
-    heartbeat.register(protocol)
-    welcome |= heartbeat.welcome
-{%- endif %}
-    identify: Identify = anonymous
-{%- if cookiecutter.auth == "query_token" %}
-    auth = TokenAuth(settings.auth)
-    identify = auth.identify
-{%- elif cookiecutter.auth == "cookie" %}
-    auth = CookieAuth(settings.auth)
-    identify = auth.identify
-{%- endif %}
-    identify = capacity.guard(authorizing(identify, authorize))
-{%- if cookiecutter.use_sse %}
-    sse.identify = http_user(identify)
-{%- endif %}
+    for feature in features:
+        feature.register(protocol)
+        welcome |= feature.welcome()
+
+    def on_open(connection: Connection, websocket: WebSocket) -> None:
+        for feature in features:
+            feature.on_open(connection, websocket)
 
     gc_pacer = GcPacer(settings.server.gc_full_collect_seconds, log=settings.server.gc_log)
 
@@ -135,29 +88,20 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         capacity.start()
         gc_pacer.start()
         await broker.start()
-{%- if cookiecutter.use_heartbeats %}
-        heartbeat.start()
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-        sse.watch_exit_signals()
-{%- endif %}
-        yield
-        await gc_pacer.stop()
-        capacity.stop()
-{%- if cookiecutter.use_sse %}
-        sse.unwatch_exit_signals()
-        sse.close_all()
-{%- endif %}
-{%- if cookiecutter.use_heartbeats %}
-        await heartbeat.stop()
-{%- endif %}
-        # uvicorn has already closed its sockets with 1012; this covers other servers.
+        async with AsyncExitStack() as started:
+            for feature in features:
+                await feature.start()
+                started.push_async_callback(feature.stop)
+            yield
+            await gc_pacer.stop()
+            capacity.stop()
+        # The features stopped, in reverse. uvicorn has already closed its sockets with 1012;
+        # this covers other servers.
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
         await broker.close()
-{%- if cookiecutter.use_sse %}
-        await history.close()
-{%- endif %}
+        if history is not None:
+            await history.close()
 
     app = RealtimeApp(
         title=NAME,
@@ -166,23 +110,21 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.core = core
     app.state.hub = hub
     app.state.broker = broker
     app.state.protocol = protocol
     app.state.readiness = readiness
+    app.state.features = features
     endpoint = Endpoint(
-        hub, protocol, settings.hub, identify=identify, on_open=on_open, welcome=welcome
+        hub, protocol, settings.hub, identify=core.identify, on_open=on_open, welcome=welcome
     )
     app.add_api_websocket_route("/ws", endpoint)
-{%- if cookiecutter.auth != "none" %}
-    app.include_router(auth.router())
-{%- endif %}
+    for feature in features:
+        if (router := feature.router()) is not None:
+            app.include_router(router)
     app.include_router(health_router(readiness, hub))
     if settings.server.metrics:
         app.include_router(metrics_router())
-{%- if cookiecutter.use_sse %}
-    app.state.sse = sse
-    app.include_router(sse.router())
-{%- endif %}
     mount_demo(app)
     return app

@@ -37,6 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 from starlette.requests import HTTPConnection
 
+from .feature import IdentityFeature
 from .identity import HandshakeRefused, Identity
 from .permissions import MAX_PATTERN_LENGTH, MAX_PATTERNS, grants_from_claims
 
@@ -156,7 +157,7 @@ class LoginRequest(BaseModel):
     publish: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
 
 
-class CookieAuth:
+class CookieAuth(IdentityFeature):
     """The handshake check, and the login and logout endpoints."""
 
     def __init__(self, settings: CookieSettings) -> None:

@@ -16,11 +16,13 @@ from your own login service signing with the same secret, or, for the demo only,
 
 from __future__ import annotations
 
+import argparse
 import logging
 import secrets
 import sys
 import time
-from typing import Annotated, Literal, Self
+from collections.abc import Callable
+from typing import Annotated, Literal, Self, TypeVar
 
 import jwt
 from fastapi import APIRouter
@@ -29,6 +31,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 from starlette.requests import HTTPConnection
 
+from .commands import Command
+from .feature import IdentityFeature
 from .identity import HandshakeRefused, Identity
 from .permissions import MAX_PATTERN_LENGTH, MAX_PATTERNS, grants_from_claims
 
@@ -38,10 +42,13 @@ __all__ = [
     "TokenSettings",
     "issue_token",
     "print_token",
+    "token_command",
     "verify_token",
 ]
 
 logger = logging.getLogger(__name__)
+
+S = TypeVar("S")
 
 # Shorter secrets are refused in production: HS256 wants at least 256 bits of key.
 MIN_SECRET_LENGTH = 32
@@ -168,7 +175,7 @@ class TokenRequest(BaseModel):
     publish: list[RoomPattern] | None = Field(default=None, max_length=MAX_PATTERNS)
 
 
-class TokenAuth:
+class TokenAuth(IdentityFeature):
     """The handshake check, and the development endpoint that issues tokens."""
 
     def __init__(self, settings: TokenSettings) -> None:
@@ -252,3 +259,26 @@ def print_token(
         return 2
     print(issue_token(user, ttl_seconds, settings, rooms=room_list, publish=publish_list))
     return 0
+
+
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", metavar="USER")
+    parser.add_argument("--ttl", type=int, default=3600, help="seconds it is valid")
+    parser.add_argument(
+        "--rooms", help="rooms it may join: names or patterns, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--publish", help="rooms it may publish to, the same way (default: those of --rooms)"
+    )
+
+
+def token_command(auth_of: Callable[[S], TokenSettings]) -> Command[S]:
+    """`python -m <package> token USER`: print a signed token (`auth_of` finds this feature's
+    settings among all of them)."""
+
+    def run(args: argparse.Namespace, settings: S) -> int:
+        return print_token(
+            auth_of(settings), args.user, args.ttl, rooms=args.rooms, publish=args.publish
+        )
+
+    return Command("token", "print a signed token for USER", _token_arguments, run)

@@ -11,18 +11,22 @@ import abc
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .history import History, LocalHistory
 from .hub import Hub
 from .protocol import ProtocolError, encode, with_id
 
 __all__ = [
+    "MEMORY",
     "AlreadyPublished",
     "Broker",
     "BrokerErrorCode",
+    "BrokerFactory",
+    "BrokerSettings",
     "BrokerUnavailable",
     "LocalBroker",
     "PublishOutcomeUnknown",
@@ -30,6 +34,8 @@ __all__ = [
     "RecentKeys",
     "Sent",
     "Stamp",
+    "broker_scheme",
+    "open_broker",
     "resync_frame",
 ]
 
@@ -38,6 +44,20 @@ __all__ = [
 Sent = asyncio.Future[str | None]
 # Records a frame as a room's newest event and returns its id (the SSE feature's history).
 Stamp = Callable[[str, str], str]
+
+
+class BrokerSettings(BaseSettings):
+    """Which broker carries the messages, as a URL."""
+
+    model_config = SettingsConfigDict(env_prefix="BROKER_", env_file=".env", extra="ignore")
+
+    # `memory://` (this process only) or a scheme a feature provides (`redis://host:6379/0`);
+    # unset: the provided broker with its own settings (REDIS_URL), else `memory://`.
+    url: str = ""
+
+
+# The built-in broker's URL: this process only, no server.
+MEMORY = "memory://"
 
 
 class PublishSettings(BaseSettings):
@@ -141,6 +161,9 @@ class Broker(abc.ABC):
     through the hub, so WebSocket clients and SSE streams recover the same way.
     """
 
+    # Names it in readiness checks (`/readyz`) and in BROKER_URL's scheme.
+    name = "memory"
+
     async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
         """Begin background work; must not wait for an external server to be reachable."""
 
@@ -218,3 +241,50 @@ class LocalBroker(Broker):
 
     def unsubscribe(self, room: str) -> None:
         pass
+
+
+# Builds a broker for a URL, with a history of that many events per room (None: none), and
+# returns it with the history it records into.
+BrokerFactory = Callable[
+    [str | None, Hub, int | None, PublishSettings], tuple[Broker, History | None]
+]
+
+
+def open_memory_broker(
+    url: str | None, hub: Hub, history_size: int | None, publish: PublishSettings
+) -> tuple[Broker, History | None]:
+    if history_size is None:
+        return LocalBroker(hub, publish=publish), None
+    # Every message gets its event id once, as it is recorded, before any subscriber sees it.
+    history = LocalHistory(history_size)
+    return LocalBroker(hub, stamp=history.append, publish=publish), history
+
+
+def open_broker(
+    url: str,
+    factories: Mapping[str, BrokerFactory],
+    hub: Hub,
+    history_size: int | None,
+    publish: PublishSettings,
+) -> tuple[Broker, History | None]:
+    """The broker `url` names (empty: the first of `factories` with its own settings, else
+    memory), and its history."""
+    if not url:
+        for factory in factories.values():
+            return factory(None, hub, history_size, publish)
+        url = MEMORY
+    scheme = url.partition("://")[0]
+    if scheme == "memory":
+        return open_memory_broker(url, hub, history_size, publish)
+    if scheme not in factories:
+        known = ", ".join(f"{name}://" for name in ("memory", *factories))
+        raise ValueError(f"BROKER_URL: no broker for {scheme}:// in this service (it has {known})")
+    return factories[scheme](url, hub, history_size, publish)
+
+
+def broker_scheme(url: str, provided: bool) -> str:
+    """The scheme of the broker `url` names, as `open_broker` picks it, `provided` saying
+    whether a feature provides a broker (an empty URL then names it)."""
+    if not url:
+        return "redis" if provided else "memory"
+    return url.partition("://")[0]

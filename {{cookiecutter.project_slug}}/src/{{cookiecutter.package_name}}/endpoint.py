@@ -25,18 +25,19 @@ from fastapi.routing import APIWebSocketRoute
 from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
-from .hub import Connection, ConnectionState, Hub, SendFrames, WriteNow
+from .feature import Feature
+from .hub import Connection, ConnectionState, Hub, HubSettings, SendFrames, WriteNow
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
 from .metrics import MESSAGES_RECEIVED
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
-from .settings import HubSettings
 from .ws_protocol import WebSocketProtocol
 
 __all__ = [
+    "DefaultRoom",
     "Endpoint",
     "HandshakeRefused",
     "Identify",
@@ -44,6 +45,7 @@ __all__ = [
     "OnOpen",
     "RealtimeApp",
     "anonymous",
+    "join_default_room",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,14 +71,9 @@ class Endpoint:
         self.protocol = protocol
         self.settings = settings
         self.identify = identify
-        self.on_open = on_open or self._join_default_room
+        self.on_open = on_open or functools.partial(join_default_room, hub)
         # Extra fields of every `welcome` frame, for features that tell clients what to expect.
         self.welcome = dict(welcome or {})
-
-    def _join_default_room(self, connection: Connection, websocket: WebSocket) -> None:
-        # Unless the grants exclude it: the client is then in no room (`welcome` says so).
-        if connection.grants is None or connection.grants.may_join(DEFAULT_ROOM):
-            self.hub.join(connection, DEFAULT_ROOM)
 
     async def __call__(self, websocket: WebSocket) -> None:
         await self.serve(websocket, websocket.send)
@@ -135,9 +132,14 @@ class Endpoint:
         except asyncio.CancelledError:
             if not connection.interrupted():
                 raise
-        except Exception as error:
+        except (WebSocketDisconnect, OSError) as error:
             # A receive on a socket the client already dropped: expected, quiet.
             logger.debug("reading %r ended by %r", connection, error)
+        except Exception:
+            # A bug (in a feature's on_open, the welcome frame, the read loop): never hidden.
+            # The client is told, and the operator gets the traceback.
+            logger.exception("serving %r failed", connection)
+            connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
             connection.read_in(None)
@@ -207,6 +209,23 @@ class Endpoint:
                 connection.close(status.WS_1011_INTERNAL_ERROR, "internal error")
                 return None
         return None
+
+
+def join_default_room(hub: Hub, connection: Connection, websocket: WebSocket) -> None:
+    """Without the rooms feature, every client is in the default room; unless its grants
+    exclude it: the client is then in no room (`welcome` says so)."""
+    if connection.grants is None or connection.grants.may_join(DEFAULT_ROOM):
+        hub.join(connection, DEFAULT_ROOM)
+
+
+class DefaultRoom(Feature):
+    """The one broadcast channel of a service without the rooms feature."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def on_open(self, connection: Connection, websocket: WebSocket) -> None:
+        join_default_room(self.hub, connection, websocket)
 
 
 class RealtimeApp(FastAPI):

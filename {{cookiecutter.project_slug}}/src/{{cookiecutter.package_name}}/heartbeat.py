@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .feature import Feature
 from .hub import Connection, Hub
 from .protocol import Message, Protocol, encode
 
@@ -50,8 +51,8 @@ class Pong(Message):
     type: Literal["pong"]
 
 
-class Heartbeat:
-    """The one ping-and-sweep task of this process; `start` and `stop` it from the lifespan."""
+class Heartbeat(Feature):
+    """The one ping-and-sweep task of this process."""
 
     def __init__(self, hub: Hub, settings: HeartbeatSettings) -> None:
         self.hub = hub
@@ -59,7 +60,6 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._ping = encode({"type": "ping"})
 
-    @property
     def welcome(self) -> dict[str, object]:
         """Fields for the `welcome` frame, so a client knows how often to expect a ping."""
         return {
@@ -75,7 +75,7 @@ class Heartbeat:
     async def pong(self, connection: Connection, message: Pong) -> None:
         return None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError(f"Expected a stopped heartbeat, got {self._task!r}")
         self._task = asyncio.create_task(self._run(), name="heartbeat")

@@ -28,6 +28,8 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 
 from .metrics import MESSAGES_DELIVERED, MESSAGES_DROPPED
@@ -40,6 +42,7 @@ __all__ = [
     "Connection",
     "ConnectionState",
     "Hub",
+    "HubSettings",
     "SendFrames",
     "SlowConsumerPolicy",
     "WriteNow",
@@ -68,6 +71,30 @@ class SlowConsumerPolicy(enum.StrEnum):
 
     CLOSE = "close"  # close it with 1013 so it reconnects and resyncs; the default
     DROP = "drop"  # skip messages for it until it catches up; for lossy feeds
+
+
+class HubSettings(BaseSettings):
+    """Limits of each connection."""
+
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
+
+    # Frames queued for one client before the slow-consumer policy applies. Size it for the
+    # largest burst a healthy client must absorb, or healthy clients get shed during bursts.
+    outbox_limit: int = Field(default=1024, ge=1)
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
+    # A client that is behind gets what is queued for it in one frame, a message per line, up
+    # to about this many bytes: one write instead of many, the main cost of a broadcast.
+    # 0 sends one message per frame, for clients that cannot split frames on newlines.
+    batch_bytes: int = Field(default=64 * 1024, ge=0)
+    # A larger frame closes the connection with 1009 (message too big).
+    max_message_bytes: int = Field(default=64 * 1024, ge=256)
+    # Frames a client may send per second on average, and in one burst; past that the
+    # connection is closed with 1008 (policy violation). Pings and pongs count as frames.
+    rate_per_second: float = Field(default=50.0, gt=0)
+    rate_burst: int = Field(default=100, ge=1)
+    # How long to wait for a client to take the close frame before giving up on it: its
+    # socket is then aborted, releasing its buffers at once.
+    close_timeout_seconds: float = Field(default=2.0, gt=0)
 
 
 class ConnectionState(enum.Enum):

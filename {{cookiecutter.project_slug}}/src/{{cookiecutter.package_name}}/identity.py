@@ -13,18 +13,26 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from starlette.requests import HTTPConnection
+from fastapi import HTTPException
+from starlette import status
+from starlette.requests import HTTPConnection, Request
 
+from .connection_log import Transport, log_connection_refused
 from .hub import Connection
 from .permissions import Grants
+from .protocol import ProtocolError
 
 __all__ = [
     "SESSION_EXPIRED",
     "HandshakeRefused",
     "Identify",
+    "IdentifyRequest",
     "Identity",
     "anonymous",
+    "anonymous_request",
     "close_on_expiry",
+    "forbid_unless",
+    "http_user",
 ]
 
 # The close code of a connection whose token or session expired while it was open (4000-4999
@@ -75,3 +83,37 @@ def close_on_expiry(connection: Connection, identity: Identity) -> asyncio.Timer
     return asyncio.get_running_loop().call_later(
         delay, connection.close, SESSION_EXPIRED, "session expired"
     )
+
+
+# The HTTP routes' side (`GET /sse`, `POST /publish`): the same checks, as FastAPI dependencies.
+IdentifyRequest = Callable[[Request], Awaitable[Identity]]
+
+
+async def anonymous_request(request: Request) -> Identity:
+    """The identity of every HTTP client when the service has no authentication."""
+    return Identity("anonymous")
+
+
+def http_user(identify: Identify) -> IdentifyRequest:
+    """The handshake check (auth) for the HTTP routes: a refusal becomes the same 401/403."""
+
+    async def identity(request: Request) -> Identity:
+        try:
+            return await identify(request)
+        except HandshakeRefused as refusal:
+            # GET /sse or POST /publish.
+            transport: Transport = "sse" if request.method == "GET" else "http"
+            log_connection_refused(transport, refusal.status_code, refusal.detail, request.client)
+            raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
+
+    return identity
+
+
+def forbid_unless(
+    require: Callable[[Grants | None, str], None], identity: Identity, room: str
+) -> None:
+    """403 where a WebSocket client would get a `forbidden` error frame."""
+    try:
+        require(identity.grants, room)
+    except ProtocolError as error:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{error.code}: {error.detail}") from None

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_ROOM",
     "MAX_DEPTH",
     "MAX_KEY_LENGTH",
+    "CheckRoom",
     "ErrorCode",
     "Message",
     "Protocol",
@@ -41,6 +42,7 @@ __all__ = [
     "UnencodableFrame",
     "encode",
     "error_frame",
+    "only_the_default_room",
     "parse_json",
     "validated",
     "with_id",
@@ -237,3 +239,14 @@ class Protocol:
                 f"unknown type {payload['type']!r}; expected one of {', '.join(self.types)}",
             )
         return validated(route.model, payload), route.handler
+
+
+# Raises ProtocolError unless a room name is valid: the rooms feature's rule when it is chosen
+# (rooms.RoomNames), else this one's. Every route that takes a room name checks it alike.
+CheckRoom = Callable[[str], None]
+
+
+def only_the_default_room(room: str) -> None:
+    """Without the rooms feature there is one broadcast channel."""
+    if room != DEFAULT_ROOM:
+        raise ProtocolError("invalid_room", f"this service has one room, {DEFAULT_ROOM!r}")

@@ -58,12 +58,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .broker import (
     AlreadyPublished,
     Broker,
+    BrokerFactory,
     BrokerUnavailable,
     PublishOutcomeUnknown,
     PublishSettings,
     Sent,
     resync_frame,
 )
+from .history import History
 from .hub import Hub
 from .metrics import REDIS_CONNECTS, REDIS_UP
 from .protocol import with_id
@@ -71,9 +73,11 @@ from .protocol import with_id
 __all__ = [
     "HISTORY_FIELD",
     "RedisBroker",
+    "RedisHistory",
     "RedisSettings",
     "history_key",
     "history_since",
+    "redis_brokers",
     "redis_client",
 ]
 
@@ -245,6 +249,8 @@ Outgoing = tuple[str, str, str | None, Sent, float]
 class RedisBroker(Broker):
     """Publishes to Redis and listens, on one connection, to the channels of this process's
     rooms; see the module docstring for what it promises."""
+
+    name = "redis"
 
     def __init__(
         self,
@@ -669,6 +675,47 @@ class RedisBroker(Broker):
         for frame in self._held.pop(room, []):
             self._deliver(room, frame)
         self._confirm(room)
+
+
+class RedisHistory(History):
+    """Each room's recent events in a Redis Stream named the room's channel + `:history`,
+    shared by every process: the broker writes it as it publishes (XADD, in the publish script,
+    which gives each message its id, `milliseconds-sequence`, and trims the stream to about the
+    history size); `since` reads what a client missed (XRANGE with an exclusive start). Ids
+    survive a restart of the service (not of a Redis without persistence)."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        # Reads are safe to repeat: a connection that went stale while Redis restarted is
+        # replaced once, so the first resume after a recovery works.
+        self._redis = redis_client(settings, retry_connection_errors=True)
+
+    def key(self, room: str) -> str:
+        return history_key(self.settings, room)
+
+    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
+        try:
+            return await history_since(self._redis, self.key(room), last_id)
+        except (RedisError, OSError) as error:
+            raise BrokerUnavailable(f"Redis did not answer: {error}") from None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def redis_brokers(settings: RedisSettings) -> dict[str, BrokerFactory]:
+    """The Redis broker, for `redis://` and `rediss://` broker URLs (None: REDIS_URL)."""
+
+    def open_redis_broker(
+        url: str | None, hub: Hub, history_size: int | None, publish: PublishSettings
+    ) -> tuple[Broker, History | None]:
+        redis = settings if url is None else settings.model_copy(update={"url": url})
+        # With a history, every message gets its event id once, as Redis records it in the
+        # room's stream while publishing it, before any subscriber sees it.
+        broker = RedisBroker(hub, redis, history_size=history_size, publish=publish)
+        return broker, None if history_size is None else RedisHistory(redis)
+
+    return {"redis": open_redis_broker, "rediss": open_redis_broker}
 
 
 def _fail(batch: list[Outgoing], error: BrokerUnavailable) -> None:

@@ -17,7 +17,8 @@ from fastapi import WebSocket
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .hub import Connection, Hub
+from .feature import Core, Feature
+from .hub import Connection
 from .permissions import require_join
 from .protocol import (
     DEFAULT_ROOM,
@@ -29,7 +30,7 @@ from .protocol import (
     error_frame,
 )
 
-__all__ = ["Join", "Leave", "RoomErrorCode", "RoomSettings", "Rooms"]
+__all__ = ["Join", "Leave", "RoomErrorCode", "RoomNames", "RoomSettings", "Rooms"]
 
 
 class RoomErrorCode(enum.StrEnum):
@@ -56,13 +57,31 @@ class Leave(Message):
     room: str
 
 
-class Rooms:
-    """The `join` and `leave` handlers, and the rooms named at connect time."""
+class RoomNames:
+    """Which room names are valid: the rule every route that takes a room name applies
+    (`Provided.check_room`, feature.py), the `/sse` and `/publish` routes too."""
 
-    def __init__(self, hub: Hub, settings: RoomSettings) -> None:
-        self.hub = hub
+    def __init__(self, settings: RoomSettings) -> None:
         self.settings = settings
         self._name = re.compile(settings.name_pattern)
+
+    def check(self, room: str) -> None:
+        """Raise ProtocolError unless `room` is a valid room name."""
+        limit = self.settings.max_name_length
+        if not 0 < len(room) <= limit or not self._name.fullmatch(room):
+            raise ProtocolError(
+                RoomErrorCode.INVALID_ROOM,
+                f"room names are 1-{limit} characters matching {self.settings.name_pattern}",
+            )
+
+
+class Rooms(Feature):
+    """The `join` and `leave` handlers, and the rooms named at connect time."""
+
+    def __init__(self, core: Core, settings: RoomSettings) -> None:
+        self.hub = core.hub
+        self.settings = settings
+        self.check_name = core.check_room
 
     def register(self, protocol: Protocol) -> None:
         protocol.on("join", Join, self.join)
@@ -88,15 +107,6 @@ class Rooms:
         if not self.hub.leave(connection, message.room):
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, f"not in room {message.room!r}")
         connection.offer(encode({"type": "left", "room": message.room}))
-
-    def check_name(self, room: str) -> None:
-        """Raise ProtocolError unless `room` is a valid room name."""
-        limit = self.settings.max_name_length
-        if not 0 < len(room) <= limit or not self._name.fullmatch(room):
-            raise ProtocolError(
-                RoomErrorCode.INVALID_ROOM,
-                f"room names are 1-{limit} characters matching {self.settings.name_pattern}",
-            )
 
     def _admit(self, connection: Connection, room: str) -> None:
         """Join `room` if its name is valid, the grants and the cap allow; joining twice is

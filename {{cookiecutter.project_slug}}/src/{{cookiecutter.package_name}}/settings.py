@@ -1,38 +1,24 @@
 """Typed settings, read from the environment and from `.env`.
 
 One group per concern, each with its own environment prefix (`HUB_OUTBOX_LIMIT=2048`); every
-limit and interval of the service is here. A feature's group lives in the feature's module.
+limit and interval of the service is here. A group lives in the module it configures;
+this one only gathers them, and only the app factory and the command line import it.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-{% if cookiecutter.auth == "query_token" %}
-from .auth_token import TokenSettings
-{%- elif cookiecutter.auth == "cookie" %}
-from .auth_cookie import CookieSettings
-{%- endif %}
-from .broker import PublishSettings
-from .capacity import CapacitySettings
-{%- if cookiecutter.use_heartbeats %}
-from .heartbeat import HeartbeatSettings
-{%- endif %}
-from .hub import SlowConsumerPolicy
-from .logs import LogFormat
-{%- if cookiecutter.use_redis %}
-from .redis_broker import RedisSettings
-{%- endif %}
-{%- if cookiecutter.use_rooms %}
-from .rooms import RoomSettings
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-from .sse import SseSettings
-{%- endif %}
 
-__all__ = ["HubSettings", "ServerSettings", "Settings"]
+from .broker import BrokerSettings, PublishSettings
+from .capacity import CapacitySettings
+from .features import FeatureSettings
+from .hub import HubSettings
+from .logs import LogFormat
+
+__all__ = ["ServerSettings", "Settings"]
 
 
 class ServerSettings(BaseSettings):
@@ -66,51 +52,12 @@ class ServerSettings(BaseSettings):
     http: Literal["auto", "h11", "httptools"] = "auto"
 
 
-class HubSettings(BaseSettings):
-    """Limits of each connection."""
-
-    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
-
-    # Frames queued for one client before the slow-consumer policy applies. Size it for the
-    # largest burst a healthy client must absorb, or healthy clients get shed during bursts.
-    outbox_limit: int = Field(default=1024, ge=1)
-    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE
-    # A client that is behind gets what is queued for it in one frame, a message per line, up
-    # to about this many bytes: one write instead of many, the main cost of a broadcast.
-    # 0 sends one message per frame, for clients that cannot split frames on newlines.
-    batch_bytes: int = Field(default=64 * 1024, ge=0)
-    # A larger frame closes the connection with 1009 (message too big).
-    max_message_bytes: int = Field(default=64 * 1024, ge=256)
-    # Frames a client may send per second on average, and in one burst; past that the
-    # connection is closed with 1008 (policy violation). Pings and pongs count as frames.
-    rate_per_second: float = Field(default=50.0, gt=0)
-    rate_burst: int = Field(default=100, ge=1)
-    # How long to wait for a client to take the close frame before giving up on it: its
-    # socket is then aborted, releasing its buffers at once.
-    close_timeout_seconds: float = Field(default=2.0, gt=0)
-
-
-class Settings(BaseModel):
-    """All settings; each group reads its own environment variables when created."""
+class Settings(FeatureSettings):
+    """All settings: the core's groups, and the chosen features' (features.py); each group
+    reads its own environment variables when created."""
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
-{%- if cookiecutter.use_rooms %}
-    rooms: RoomSettings = Field(default_factory=RoomSettings)
-{%- endif %}
-{%- if cookiecutter.use_redis %}
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-{%- endif %}
-{%- if cookiecutter.use_heartbeats %}
-    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
-{%- endif %}
-{%- if cookiecutter.auth == "query_token" %}
-    auth: TokenSettings = Field(default_factory=TokenSettings)
-{%- elif cookiecutter.auth == "cookie" %}
-    auth: CookieSettings = Field(default_factory=CookieSettings)
-{%- endif %}
-{%- if cookiecutter.use_sse %}
-    sse: SseSettings = Field(default_factory=SseSettings)
-{%- endif %}

@@ -20,66 +20,35 @@ chains onto the server's SIGTERM and SIGINT handlers and ends every open stream 
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
-import enum
 import json
 import logging
-import re
 import signal
 import threading
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from .broker import AlreadyPublished, PublishOutcomeUnknown
-from .connection_log import (
-    Transport,
-    log_connection_closed,
-    log_connection_opened,
-    log_connection_refused,
-)
-from .hub import Connection, Hub
-from .identity import HandshakeRefused, Identify, Identity, close_on_expiry
+from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
+from .feature import Core, Feature
+from .history import History, order, parse_cursor
+from .hub import Connection
+from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
-from .permissions import Grants, require_join, require_publish
-from .protocol import (
-    DEFAULT_ROOM,
-    MAX_KEY_LENGTH,
-    ErrorCode,
-    ProtocolError,
-    encode,
-    parse_json,
-    validated,
-    with_id,
-)
-from .publishing import Publisher
+from .permissions import require_join
+from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
+from .publishing import check_room_or_422, publish_router
 
-if TYPE_CHECKING:
-    from .settings import HubSettings
-
-__all__ = [
-    "History",
-    "IdentifyRequest",
-    "LocalHistory",
-    "PublishBody",
-    "ServerSentEvents",
-    "SseSettings",
-    "anonymous_request",
-    "http_user",
-    "only_the_default_room",
-]
+__all__ = ["EventStream", "ServerSentEvents", "SseSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +61,6 @@ CLOSE = "close"
 _HEARTBEAT_PING = encode({"type": "ping"})
 # Not JSON, so no frame can be it: the stream's own ping, queued behind the frames before it.
 _COMMENT_PING = ":ping"
-# An event id, as both histories write them: `epoch-n` here, `milliseconds-sequence` in Redis.
-EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
-# Where a client is in a room when its `Last-Event-ID` could not be read: it gets a resync.
-UNKNOWN_POSITION = ""
 
 
 class SseSettings(BaseSettings):
@@ -110,173 +75,6 @@ class SseSettings(BaseSettings):
     retry_milliseconds: int = Field(default=3000, ge=0)
     # Rooms one stream may follow at once.
     max_rooms_per_stream: int = Field(default=32, ge=1)
-
-
-class History(abc.ABC):
-    """Each room's recent messages, each under the event id it got once, as it was published.
-
-    The broker records every message as it publishes it (LocalBroker's stamp is
-    `LocalHistory.append`; with Redis, Redis records it), so the id travels inside the frame to
-    every subscriber. Ids are strings, increasing within a room.
-    """
-
-    async def start(self) -> None:  # noqa: B027 - optional hook, empty on purpose
-        """Begin background work, if any."""
-
-    @abc.abstractmethod
-    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
-        """The events of `room` after `last_id`, oldest first, as (id, frame without id).
-
-        None when `last_id` is not in the history any more, or never was: the client must
-        resync, since some events it missed are gone.
-        """
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, empty on purpose
-        """Release connections."""
-
-
-class LocalHistory(History):
-    """This process only, in memory: one bounded deque per room, ids counted from 1.
-
-    Lost on restart, and not shared between processes: ids are `epoch-n`, the epoch being
-    when this history began, so an id from another life or process is unknown (resync).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._events: dict[str, deque[tuple[int, str]]] = {}
-        self._last: dict[str, int] = {}
-        # Ids of an earlier life of this process (or another process) never match.
-        self._epoch = str(time.time_ns() // 1000)
-
-    def append(self, room: str, frame: str) -> str:
-        """Record `frame` (without its id) as the room's newest event; return its id."""
-        number = self._last.get(room, 0) + 1
-        self._last[room] = number
-        events = self._events.get(room)
-        if events is None:
-            events = self._events[room] = deque(maxlen=self.size)
-        events.append((number, frame))
-        return f"{self._epoch}-{number}"
-
-    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
-        epoch, _, number_text = last_id.rpartition("-")
-        if epoch != self._epoch or not number_text.isdigit():
-            return None
-        number = int(number_text)
-        last = self._last.get(room, 0)
-        events = self._events.get(room)
-        if number > last:
-            return None
-        if number == last:
-            return []
-        # Known only if the event right after it is still held.
-        if events is None or events[0][0] > number + 1:
-            return None
-        return [(f"{self._epoch}-{n}", frame) for n, frame in events if n > number]
-
-
-def order(event_id: str) -> tuple[int, ...]:
-    """Sort key of an id: `epoch-n` here, `milliseconds-sequence` in Redis."""
-    return tuple(int(part) for part in event_id.split("-") if part.isdigit())
-
-
-def parse_cursor(value: str | None, rooms: list[str]) -> dict[str, str]:
-    """A `Last-Event-ID` as room to last id, for a stream of `rooms`.
-
-    A cursor is `room=id` pairs, each room one of the stream's and named once, each id an event
-    id (`digits-digits`, the format of both histories). Anything else (`garbage`, `r=`, the
-    rooms of another stream) says nothing of where the client is: every room is then at
-    `UNKNOWN_POSITION`, and the stream starts with a `resync` for all of them, never silence.
-    """
-    if not value:
-        return {}
-    try:
-        pairs = parse_qsl(
-            value, keep_blank_values=True, strict_parsing=True, max_num_fields=len(rooms)
-        )
-    except ValueError:
-        pairs = []
-    cursor = dict(pairs)
-    if (
-        pairs
-        and len(cursor) == len(pairs)
-        and all(room in rooms and EVENT_ID.fullmatch(last_id) for room, last_id in pairs)
-    ):
-        return cursor
-    return dict.fromkeys(rooms, UNKNOWN_POSITION)
-
-
-IdentifyRequest = Callable[[Request], Awaitable[Identity]]
-CheckRoom = Callable[[str], None]
-
-
-async def anonymous_request(request: Request) -> Identity:
-    """The identity of every HTTP client when the service has no authentication."""
-    return Identity("anonymous")
-
-
-def http_user(identify: Identify) -> IdentifyRequest:
-    """The handshake check (auth) for the HTTP routes: a refusal becomes the same 401/403."""
-
-    async def identity(request: Request) -> Identity:
-        try:
-            return await identify(request)
-        except HandshakeRefused as refusal:
-            # GET /sse or POST /publish.
-            transport: Transport = "sse" if request.method == "GET" else "http"
-            log_connection_refused(transport, refusal.status_code, refusal.detail, request.client)
-            raise HTTPException(refusal.status_code, refusal.detail, refusal.headers) from None
-
-    return identity
-
-
-def _forbid_unless(
-    require: Callable[[Grants | None, str], None], identity: Identity, room: str
-) -> None:
-    """403 where a WebSocket client would get a `forbidden` error frame."""
-    try:
-        require(identity.grants, room)
-    except ProtocolError as error:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"{error.code}: {error.detail}") from None
-
-
-def only_the_default_room(room: str) -> None:
-    """Without the rooms feature there is one broadcast channel."""
-    if room != DEFAULT_ROOM:
-        raise ProtocolError("invalid_room", f"this service has one room, {DEFAULT_ROOM!r}")
-
-
-class PublishBody(BaseModel):
-    """The body of `POST /publish`, refused exactly where a WebSocket `publish` would be."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    # Any JSON value; its schema inline, as OpenAPI cannot refer to JsonValue's `$defs` entry.
-    data: Annotated[JsonValue, WithJsonSchema({})]
-    room: str = DEFAULT_ROOM
-    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH)
-
-    @classmethod
-    def parse(cls, body: bytes) -> PublishBody:
-        """The body read by the WebSocket's parser (protocol.py), not FastAPI's `json.loads`,
-        which takes NaN and lone surrogates, and whose 422 for `1e400` fails to render (500)."""
-        return validated(cls, parse_json(body))
-
-
-# FastAPI documents only the bodies it parses itself.
-_PUBLISH_BODY_DOCS = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": PublishBody.model_json_schema()}},
-    }
-}
-
-
-class StreamState(enum.Enum):
-    REPLAYING = "replaying"
-    LIVE = "live"
-    ENDED = "ended"
 
 
 class EventStream(Response):
@@ -301,7 +99,6 @@ class EventStream(Response):
         self.identity = identity
         self.rooms = rooms
         self.cursor = dict(cursor)
-        self.state = StreamState.REPLAYING
         self._send: Send | None = None
         self._connection: Connection | None = None
         # Ids replayed from the history that may also arrive live: each is dropped once. Not
@@ -349,7 +146,6 @@ class EventStream(Response):
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
-            self.state = StreamState.ENDED
             if expiry is not None:
                 expiry.cancel()
             for task in tasks:
@@ -391,7 +187,6 @@ class EventStream(Response):
         except ProtocolError as unavailable:  # the history did not answer: resume later
             connection.close(status.WS_1013_TRY_AGAIN_LATER, unavailable.detail)
             return
-        self.state = StreamState.LIVE
         # Cancelling this task (the stream ends) cancels the writer it waits for.
         await connection.start_writer()
 
@@ -488,37 +283,36 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-class ServerSentEvents:
+class ServerSentEvents(Feature):
     """The `/sse` and `/publish` routes, and the open streams of this process."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        publisher: Publisher,
-        history: History,
-        settings: SseSettings,
-        hub_settings: HubSettings,
-        *,
-        identify: IdentifyRequest = anonymous_request,
-        check_room: CheckRoom = only_the_default_room,
-        listening: Callable[[str], Awaitable[None]] | None = None,
-    ) -> None:
-        self.hub = hub
-        self.publisher = publisher
-        self.history = history
+    def __init__(self, core: Core, settings: SseSettings) -> None:
+        if core.history is None:
+            raise ValueError("SSE resumes from a history: the core must keep one")
+        if core.heartbeat_seconds is not None:
+            # One rhythm for every client: SSE comment pings follow the heartbeat's interval.
+            settings = settings.model_copy(update={"ping_interval_seconds": core.heartbeat_seconds})
+        self.core = core
+        self.hub = core.hub
+        self.history: History = core.history
         self.settings = settings
-        self.hub_settings = hub_settings
-        self.identify = identify
-        self.check_room = check_room
-        self._listening = listening
+        self.hub_settings = core.hub_settings
+        self.identify = http_user(core.identify)
+        self.check_room = core.check_room
         self.streams: set[Connection] = set()
         self._restore: dict[int, Any] = {}
 
+    async def start(self) -> None:
+        self.watch_exit_signals()
+
+    async def stop(self) -> None:
+        self.unwatch_exit_signals()
+        self.close_all()
+
     async def listening(self, rooms: list[str]) -> None:
         """Wait until this process hears the rooms (a Redis subscription is confirmed)."""
-        if self._listening is not None:
-            for room in rooms:
-                await self._listening(room)
+        for room in rooms:
+            await self.core.broker.listening(room)
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["sse"])
@@ -535,52 +329,17 @@ class ServerSentEvents:
                     f"a stream may follow {self.settings.max_rooms_per_stream} rooms",
                 )
             for room in rooms:
-                self._check(room)
-                _forbid_unless(require_join, identity, room)
+                check_room_or_422(self.check_room, room)
+                forbid_unless(require_join, identity, room)
             cursor = parse_cursor(
                 request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
                 rooms,
             )
             return EventStream(self, identity, rooms, cursor)
 
-        @router.post("/publish", openapi_extra=_PUBLISH_BODY_DOCS)
-        async def publish(
-            request: Request, identity: Identity = Depends(identify)
-        ) -> dict[str, object]:
-            try:
-                body = PublishBody.parse(await request.body())
-            except ProtocolError as error:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"{error.code}: {error.detail}"
-                ) from None
-            self._check(body.room)
-            _forbid_unless(require_publish, identity, body.room)
-            try:
-                event_id = await self.publisher.publish(
-                    body.room, identity.user, body.data, body.key
-                )
-            except AlreadyPublished as duplicate:  # a retry: done already, and not again
-                return {"room": body.room, "id": duplicate.event_id, "duplicate": True}
-            except ProtocolError as error:
-                # 422: no frame can carry it; 503: not sent, try again; 504: sent, fate
-                # unknown, retry with the same key.
-                code = status.HTTP_503_SERVICE_UNAVAILABLE
-                if error.code == ErrorCode.INVALID_JSON:
-                    code = status.HTTP_422_UNPROCESSABLE_CONTENT
-                elif isinstance(error, PublishOutcomeUnknown):
-                    code = status.HTTP_504_GATEWAY_TIMEOUT
-                raise HTTPException(code, f"{error.code}: {error.detail}") from None
-            return {"room": body.room, "id": event_id}
-
+        # Publishing over plain HTTP, beside the stream that reads over it.
+        router.include_router(publish_router(self.core.publisher, identify, self.check_room))
         return router
-
-    def _check(self, room: str) -> None:
-        try:
-            self.check_room(room)
-        except ProtocolError as error:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"{error.code}: {error.detail}"
-            ) from None
 
     def close_all(self) -> None:
         """End every open stream; the client's EventSource reconnects (elsewhere)."""
