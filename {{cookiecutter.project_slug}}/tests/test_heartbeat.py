@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.hub import Connection, Hub
 
 from .conftest import Server, StartServer
 from .messages import next_message
+from .transports import Recorder, Stream
 
 INTERVAL = 0.2
 TIMEOUT = 0.3
@@ -121,11 +122,10 @@ def test_the_defaults() -> None:
 
 @pytest.mark.anyio
 async def test_one_tick_closes_the_silent_and_pings_the_rest() -> None:
-    async def send(frames: list[str]) -> None:
-        return None
-
     hub = Hub()
-    silent, on_time, lively = (Connection(send, user="u", outbox_limit=4) for _ in range(3))
+    silent, on_time, lively = (
+        Connection(Recorder(), hub.scheduler, user="u", outbox_limit=4) for _ in range(3)
+    )
     for connection in (silent, on_time, lively):
         hub.add(connection)
     heartbeat = Heartbeat(hub, HeartbeatSettings(interval_seconds=1, timeout_seconds=2))
@@ -138,3 +138,16 @@ async def test_one_tick_closes_the_silent_and_pings_the_rest() -> None:
     assert on_time.close_code is None
     assert lively.close_code is None
     assert (silent.pending, on_time.pending, lively.pending) == (0, 1, 1)
+
+
+@pytest.mark.anyio
+async def test_a_transport_the_heartbeat_does_not_apply_to_is_neither_pinged_nor_swept() -> None:
+    # An SSE stream cannot answer a ping: its liveness is its own (sse.py), not the heartbeat's.
+    hub = Hub()
+    stream = Connection(Stream(), hub.scheduler, user="u", outbox_limit=4)
+    hub.add(stream)
+    heartbeat = Heartbeat(hub, HeartbeatSettings(interval_seconds=1, timeout_seconds=2))
+    assert heartbeat.tick(stream.last_seen + 1) == 0
+    assert heartbeat.tick(stream.last_seen + 100) == 0, "silent for long past the deadline"
+    assert stream.close_code is None
+    assert stream.pending == 0, "no ping was queued for it"

@@ -11,45 +11,14 @@ from {{ cookiecutter.package_name }}.hub import (
     QUIET_SECONDS,
     Connection,
     ConnectionState,
+    Frame,
     Hub,
     SlowConsumerPolicy,
 )
 
+from .transports import Recorder, Socket
+
 pytestmark = pytest.mark.anyio
-
-
-class Recorder:
-    """Stands in for a socket: records batches, or blocks forever like a client that never reads."""
-
-    def __init__(self, *, stalled: bool = False) -> None:
-        self.batches: list[list[str]] = []
-        self.stalled = stalled
-
-    async def send_frames(self, frames: list[str]) -> None:
-        if self.stalled:
-            await asyncio.Event().wait()
-        self.batches.append(frames)
-
-    @property
-    def frames(self) -> list[str]:
-        return [frame for batch in self.batches for frame in batch]
-
-
-class Socket(Recorder):
-    """A socket that can also be written without waiting while `writable`, as the server's is."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written_now: list[list[str]] = []
-        self.writable = True
-        self.broken = False
-
-    def write_now(self, frames: list[str]) -> bool:
-        if self.broken:
-            raise OSError("the transport is gone")
-        if self.writable:
-            self.written_now.append(frames)
-        return self.writable
 
 
 def connect(
@@ -61,12 +30,12 @@ def connect(
     batch_bytes: int = 0,
 ) -> Connection:
     connection = Connection(
-        recorder.send_frames,
+        recorder,
+        hub.scheduler,
         user="u",
         outbox_limit=limit,
         policy=policy,
         batch_bytes=batch_bytes,
-        write_now=recorder.write_now if isinstance(recorder, Socket) else None,
     )
     hub.add(connection)
     hub.join(connection, "r")
@@ -252,7 +221,8 @@ async def test_a_write_that_fails_closes_the_connection_with_1011(at_once: bool)
     connection = connect(hub, socket)
     await settle()
     socket.broken = True
-    assert connection.offer("m0", at_once=at_once) is not at_once
+    offered = hub.scheduler.offer(connection, Frame("m0"), at_once)
+    assert offered is not at_once
     await settle()
     assert connection.state is ConnectionState.CLOSING
     assert connection.close_code == status.WS_1011_INTERNAL_ERROR

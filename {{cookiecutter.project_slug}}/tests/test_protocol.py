@@ -22,6 +22,8 @@ from {{ cookiecutter.package_name }}.protocol import (
 )
 from {{ cookiecutter.package_name }}.publishing import Publisher
 
+from .transports import Recorder
+
 
 async def ignore(connection: Connection, message: Publish) -> None:
     return None
@@ -173,13 +175,8 @@ async def test_a_publish_without_a_frame_is_refused_to_its_sender_alone(
     # and encode refuses: the sender is told, the others get nothing, and it is logged.
     hub = Hub()
     publisher = Publisher(LocalBroker(hub))
-    sent: list[list[str]] = []
-
-    async def record(frames: list[str]) -> None:
-        sent.append(frames)
-
-    sender = Connection(record, user="\ud800", outbox_limit=8)
-    member = Connection(record, user="member", outbox_limit=8)
+    sender = Connection(Recorder(), hub.scheduler, user="\ud800", outbox_limit=8)
+    member = Connection(Recorder(), hub.scheduler, user="member", outbox_limit=8)
     for connection in (sender, member):
         hub.add(connection)
         hub.join(connection, "lobby")

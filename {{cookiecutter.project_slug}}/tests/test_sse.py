@@ -399,6 +399,27 @@ async def test_a_thousand_streams_opened_and_closed_leave_no_tasks_behind() -> N
         assert sse.streams == set()
 
 
+async def test_a_stream_routes_a_frame_by_the_room_and_id_beside_it_not_by_its_json() -> None:
+    # The hub hands each stream the frame's room and event id as data: no stream parses a
+    # frame's JSON (once per stream) to find them. Here the JSON says otherwise, and is ignored.
+    async with (
+        serve_here(Settings()) as (base_url, app),
+        httpx2.AsyncClient(base_url=base_url, timeout=SOON) as client,
+        client.sse("/sse") as source,
+    ):
+        events = aiter(source)
+        assert (await asyncio.wait_for(anext(events), SOON)).retry is not None
+        text = json.dumps({"type": "note", "room": "elsewhere", "id": "1-1"})
+        assert app.state.hub.deliver(ROOM, text, "7-3") == 1
+        event = await asyncio.wait_for(anext(events), SOON)
+        assert (event.event, event.data) == ("message", text)
+        assert dict(parse_qsl(event.id)) == {ROOM: "7-3"}
+        resync = json.dumps({"type": "note"})
+        app.state.hub.deliver(ROOM, resync, type="resync")
+        event = await asyncio.wait_for(anext(events), SOON)
+        assert (event.event, event.data) == ("resync", resync), "named by its type, not its JSON"
+
+
 async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: StartServer) -> None:
     # uvicorn would wait for the stream up to its graceful timeout: a minute here.
     server = start_server(SERVER_SHUTDOWN_TIMEOUT_SECONDS="60")

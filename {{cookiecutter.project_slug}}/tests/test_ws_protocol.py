@@ -1,5 +1,6 @@
-"""The template's uvicorn protocol: its flow-control flag behaves as the Event it replaces, and
-its send without a coroutine sends exactly when uvicorn's own `send` would not wait or refuse."""
+"""The template's uvicorn protocol: its flow-control flag behaves as the Event it replaces, its
+send without a coroutine sends exactly when uvicorn's own `send` would not wait or refuse, and it
+is the connection's transport, reached through its scope extension."""
 
 from __future__ import annotations
 
@@ -16,11 +17,17 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import ClientConnection, connect
 
 from {{ cookiecutter.package_name }} import ws_protocol
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.endpoint import SendTransport
+from {{ cookiecutter.package_name }}.hub import QUIET_SECONDS, Connection, Hub
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM, encode
+from {{ cookiecutter.package_name }}.settings import Settings
 from {{ cookiecutter.package_name }}.ws_protocol import (
     WebSocketProtocol,
     WritableFlag,
     missing_internals,
     serving_protocol,
+    transport_of,
 )
 
 from .conftest import StartServer, free_port
@@ -54,7 +61,8 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once(defla
     medium, large = "m" * 300, "l" * 70_000
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        protocol: WebSocketProtocol = send.__self__
+        protocol = transport_of(scope)
+        assert protocol is not None, "the protocol offers itself in the scope"
         assert (await receive())["type"] == "websocket.connect"
         answers["before accept"] = protocol.send_text_now("too early")
         await send({"type": "websocket.accept"})
@@ -100,6 +108,64 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once(defla
         "after close": False,
     }
     assert received == ["premier é", medium, large]
+
+
+async def server_side(hub: Hub) -> Connection:
+    """The one connection of the hub, once the server has registered it."""
+    for _ in range(200):
+        if len(hub):
+            [connection] = hub
+            return connection
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never registered the connection")
+
+
+@pytest.mark.parametrize("protocol", [WebSocketProtocol, "websockets-sansio"])
+async def test_each_route_of_the_write_path_on_a_real_server(protocol: Any) -> None:
+    # The template's protocol: written at once after a quiet spell, at the end of the step while
+    # the hub is busy (one batch), never by the writer task. uvicorn's own: the ASGI send alone.
+    app = create_app(Settings())
+    hub: Hub = app.state.hub
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=protocol, log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            assert (await next_message(ws))["type"] == "welcome"
+            connection = await server_side(hub)
+            transport = connection.transport
+            fast = protocol is WebSocketProtocol
+            assert isinstance(transport, WebSocketProtocol if fast else SendTransport)
+            await asyncio.sleep(QUIET_SECONDS * 2)
+            hub.deliver(DEFAULT_ROOM, encode({"n": 0}))
+            assert connection.pending == (0 if fast else 1), "written during deliver"
+            hub.deliver(DEFAULT_ROOM, encode({"n": 1}))
+            hub.deliver(DEFAULT_ROOM, encode({"n": 2}))
+            assert connection.pending == (2 if fast else 3), "the hub is busy: queued"
+            if fast:
+                await asyncio.sleep(0)  # the end of this step
+                assert connection.pending == 0, "written at the end of the step"
+            if fast:
+                assert await asyncio.wait_for(ws.recv(), 5) == '{"n":0}'
+                assert await asyncio.wait_for(ws.recv(), 5) == '{"n":1}\n{"n":2}', "one batch"
+            else:  # the writer task's batch
+                assert await asyncio.wait_for(ws.recv(), 5) == '{"n":0}\n{"n":1}\n{"n":2}'
+        for _ in range(200):
+            if not len(hub):
+                break
+            await asyncio.sleep(0.01)
+        if fast:
+            assert isinstance(transport, WebSocketProtocol)
+            # Held only while the app runs: the scope refers to the protocol, a cycle otherwise.
+            assert transport_of(transport.scope) is None
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
 
 
 class WithoutDisconnected(WebSocketsSansIOProtocol):

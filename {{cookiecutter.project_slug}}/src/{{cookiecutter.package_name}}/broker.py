@@ -232,7 +232,7 @@ class LocalBroker(Broker):
             frame = with_id(frame, event_id)
         if key is not None:
             self.keys.add(room, key, event_id)
-        self.hub.deliver(room, frame)
+        self.hub.deliver(room, frame, event_id)
         sent.set_result(event_id)
         return sent
 

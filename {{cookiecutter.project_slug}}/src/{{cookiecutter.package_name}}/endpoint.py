@@ -19,6 +19,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 from fastapi import FastAPI, WebSocket
 from fastapi.routing import APIWebSocketRoute
@@ -29,12 +30,12 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .feature import Feature
-from .hub import Connection, ConnectionState, Hub, HubSettings, SendFrames, WriteNow
+from .hub import Connection, ConnectionState, Frame, Hub, HubSettings, Transport
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
 from .metrics import MESSAGES_RECEIVED
 from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
 from .rate_limit import TokenBucket
-from .ws_protocol import WebSocketProtocol
+from .ws_protocol import message_text, transport_of
 
 __all__ = [
     "DefaultRoom",
@@ -44,6 +45,7 @@ __all__ = [
     "Identity",
     "OnOpen",
     "RealtimeApp",
+    "SendTransport",
     "anonymous",
     "join_default_room",
 ]
@@ -80,7 +82,8 @@ class Endpoint:
 
     async def serve(self, websocket: WebSocket, send: Send) -> None:
         """Serve one connection; `send` carries its frames: the server's own ASGI send when
-        the caller has it (RealtimeApp), which skips Starlette's per-message state checks."""
+        the caller has it (RealtimeApp), which skips Starlette's per-message state checks, unless
+        the server offers a transport of its own (the template's, `ws_protocol.transport_of`)."""
         try:
             identity = await self.identify(websocket)
         except HandshakeRefused as refusal:
@@ -91,13 +94,15 @@ class Endpoint:
             )
             return
         await websocket.accept()
+        ws_protocol = transport_of(websocket.scope)
+        transport: Transport = ws_protocol if ws_protocol is not None else SendTransport(send)
         connection = Connection(
-            _send_frames_on(send),
+            transport,
+            self.hub.scheduler,
             user=identity.user,
             outbox_limit=self.settings.outbox_limit,
             policy=self.settings.slow_consumer_policy,
             batch_bytes=self.settings.batch_bytes,
-            write_now=_write_now_on(send),
             grants=identity.grants,
         )
         self.hub.add(connection)
@@ -106,7 +111,6 @@ class Endpoint:
         expiry = close_on_expiry(connection, identity)
         connection.read_in(asyncio.current_task())
         bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
-        ws_protocol = _ws_protocol_of(send)
         if ws_protocol is not None:
             ws_protocol.attach(
                 on_control_frame=functools.partial(_control_frame, connection, bucket),
@@ -253,37 +257,23 @@ class RealtimeApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _one_frame(frames: list[str]) -> str:
-    """A batch's WebSocket frame: one message per line, as JSON never holds a raw newline."""
-    return "\n".join(frames)
+class SendTransport:
+    """A WebSocket's frames through the ASGI `send`, under any server: every batch waits for
+    it, in the writer task, as there is no way to write without awaiting."""
 
+    __slots__ = ("_send",)
 
-def _send_frames_on(send: Send) -> SendFrames:
-    async def send_frames(frames: list[str]) -> None:
-        await send({"type": "websocket.send", "text": _one_frame(frames)})
+    heartbeat: ClassVar[bool] = True
+    can_write_now: ClassVar[bool] = False
 
-    return send_frames
+    def __init__(self, send: Send) -> None:
+        self._send = send
 
+    def try_write(self, frames: list[Frame]) -> bool:
+        return False
 
-def _write_now_on(send: Send) -> WriteNow | None:
-    """Writes without waiting when `send` is the template's uvicorn protocol's own (`serve` from
-    RealtimeApp under `python -m <package> serve`); None elsewhere (test clients, other servers),
-    where every batch goes through `send`."""
-    protocol = getattr(send, "__self__", None)
-    if not isinstance(protocol, WebSocketProtocol):
-        return None
-    send_text_now = protocol.send_text_now
-
-    def write_now(frames: list[str]) -> bool:
-        return send_text_now(_one_frame(frames))
-
-    return write_now
-
-
-def _ws_protocol_of(send: Send) -> WebSocketProtocol | None:
-    """The template's uvicorn protocol, when `send` is its own (as in `_write_now_on`)."""
-    protocol = getattr(send, "__self__", None)
-    return protocol if isinstance(protocol, WebSocketProtocol) else None
+    async def write(self, frames: list[Frame]) -> None:
+        await self._send({"type": "websocket.send", "text": message_text(frames)})
 
 
 def _control_frame(connection: Connection, bucket: TokenBucket) -> None:

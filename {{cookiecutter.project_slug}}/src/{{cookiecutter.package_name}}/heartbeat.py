@@ -2,8 +2,10 @@
 
 One task per process does all of it, however many clients there are: every `interval_seconds`
 it first closes each connection from which nothing has arrived for `interval_seconds +
-timeout_seconds`, then encodes one `{"type":"ping"}` frame and offers that same string to every
-connection. A client answers with `{"type":"pong"}`; any frame it sends counts as an answer,
+timeout_seconds`, then offers one `{"type":"ping"}` frame, the same for all, to every
+connection. Only to connections whose transport says the heartbeat applies to it
+(`Transport.heartbeat`): WebSocket clients; an SSE stream cannot answer, and keeps its own
+liveness (sse.py). A client answers with `{"type":"pong"}`; any frame it sends counts as an answer,
 since the endpoint stamps `Connection.last_seen` on every frame it reads, and on every
 protocol-level ping or pong the template's uvicorn protocol reports (`ws_protocol.py`): a client
 that keeps its connection alive with WebSocket pings alone (the `websockets` client's default
@@ -26,7 +28,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .feature import Feature
-from .hub import Connection, Hub
+from .hub import Connection, Frame, Hub
 from .protocol import Message, Protocol, encode
 
 __all__ = ["HEARTBEAT_TIMEOUT", "Heartbeat", "HeartbeatSettings", "Pong"]
@@ -58,7 +60,7 @@ class Heartbeat(Feature):
         self.hub = hub
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
-        self._ping = encode({"type": "ping"})
+        self._ping = Frame(encode({"type": "ping"}), type="ping")
 
     def welcome(self) -> dict[str, object]:
         """Fields for the `welcome` frame, so a client knows how often to expect a ping."""
@@ -93,6 +95,8 @@ class Heartbeat(Feature):
         deadline = now - (self.settings.interval_seconds + self.settings.timeout_seconds)
         closed = 0
         for connection in self.hub:
+            if not connection.transport.heartbeat:
+                continue
             if connection.last_seen < deadline:
                 connection.close(HEARTBEAT_TIMEOUT, "heartbeat timeout")
                 closed += 1

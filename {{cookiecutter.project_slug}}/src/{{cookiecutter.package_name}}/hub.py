@@ -1,23 +1,13 @@
 """The Hub: every open connection, the rooms they are in, and fan-out to them.
 
-Each connection has a bounded outbox drained by one writer task. Publishing encodes a message
-once and offers the same string to every member without awaiting any socket, so a client that
-stops reading delays nobody else. A client whose outbox is full is handled by the
-slow-consumer policy: closed with 1013 (try again later) and forgotten, or sent only what fits.
+Each connection has a bounded outbox. Publishing encodes a message once, as one `Frame`, and
+offers that same frame to every member without awaiting any socket, so a client that stops
+reading delays nobody else. A client whose outbox is full is handled by the slow-consumer
+policy: closed with 1013 (try again later) and forgotten, or sent only what fits.
 
-Everything queued for a client leaves at once, as one batch (up to `batch_bytes`): under load a
-client gets one write with many messages instead of one write per message, which is most of the
-cost of a broadcast. At low rates a batch holds one frame, so nothing waits to be batched.
-
-Sockets that can be written without waiting (`write_now`: the template's uvicorn protocol,
-while the client's buffer has room) skip the writer task, whose wake-up per client is most of
-the cost of a broadcast at low rates:
-- the hub writes what was queued in an event-loop step at its end, in one callback for all;
-- a broadcast after a quiet spell (`QUIET_SECONDS` with nothing written) is written at once,
-  a synchronous loop of writes as in `websockets.broadcast()`: at low rates nothing would have
-  been batched, and messages that arrive while it is written are batched again;
-- whenever a write would have to wait, the writer takes over, so a client that stops reading
-  still delays nobody.
+A connection's frames reach its client through its `Transport`: the WebSocket (`ws_protocol.py`,
+and `endpoint.py` under other servers) or an SSE response (`sse.py`). When they are written, and
+by whom, is decided in one place, the hub's `WriteScheduler`.
 """
 
 from __future__ import annotations
@@ -25,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,18 +32,14 @@ __all__ = [
     "QUIET_SECONDS",
     "Connection",
     "ConnectionState",
+    "Frame",
     "Hub",
     "HubSettings",
-    "SendFrames",
     "SlowConsumerPolicy",
-    "WriteNow",
+    "Transport",
+    "WriteScheduler",
 ]
 
-# Sends a batch of frames, oldest first, to the client; the transport decides how to frame it.
-SendFrames = Callable[[list[str]], Awaitable[None]]
-# The same without waiting: True if the batch was written, False (nothing written) if the write
-# would have to wait, because the client's buffer is full or the socket is closing.
-WriteNow = Callable[[list[str]], bool]
 RoomCallback = Callable[[str], None]
 
 # A broadcast is written at once only after this long with nothing delivered or written by the
@@ -64,6 +51,47 @@ RoomCallback = Callable[[str], None]
 QUIET_SECONDS = 0.01
 
 _connection_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded message for clients, with what a transport needs to route it beside the
+    text, so that no transport parses the JSON again (once per client, as SSE streams would).
+
+    `room` and `event_id`: where a room's message came from and the id it got as it was
+    published (None for frames addressed to one client, and for messages without ids); `type`:
+    the message's type, which SSE names its event by (the `welcome`, `error` and other frames
+    addressed to one WebSocket client leave it at "message", unread).
+    """
+
+    text: str
+    room: str | None = None
+    event_id: str | None = None
+    type: str = "message"
+
+
+class Transport(Protocol):
+    """How a connection's frames reach its client: a batch at a time, oldest frame first; the
+    transport decides how a batch is framed (one WebSocket message of one frame per line, or
+    one SSE event per frame, written at once)."""
+
+    # Whether the heartbeat (heartbeat.py) pings this client and closes it when it falls
+    # silent: a WebSocket client can answer; an SSE stream cannot, and keeps its own liveness.
+    heartbeat: ClassVar[bool]
+    # Whether `try_write` can ever succeed; a transport that can only write by awaiting has its
+    # frames go straight to the writer task, with no attempt at the end of the step.
+    can_write_now: ClassVar[bool]
+
+    def try_write(self, frames: list[Frame]) -> bool:
+        """Write the batch now, without waiting: True if it was written; False, with nothing
+        written, if the write would have to wait (the client's buffer is full, the socket is
+        closing). An exception means the transport is broken: the connection closes (1011)."""
+        ...
+
+    async def write(self, frames: list[Frame]) -> None:
+        """Write the batch, waiting for the client for as long as it takes (the writer task
+        awaits this, so waiting delays nobody else). Raising closes the connection (1011)."""
+        ...
 
 
 class SlowConsumerPolicy(enum.StrEnum):
@@ -103,14 +131,146 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-class Connection:
-    """One client: who it is, its rooms, and its outbox.
+class WriteScheduler:
+    """When what is queued for a connection is written, and by whom: the one place that decides.
 
-    Frames leave in the order they were offered: they are written without the writer task
-    (`write_loop`) only while it is idle with nothing queued before them, and what cannot be
-    written so goes back to it. `close()` may be called from anywhere (the hub, the reader, a
-    timer); it is synchronous and never waits for the client: it stops the writer, even
-    mid-send, and interrupts the task reading from the client (`read_in`).
+    Everything queued for a client leaves at once, as one batch (up to `batch_bytes`): under
+    load a client gets one write with many messages instead of one write per message, which is
+    most of the cost of a broadcast. At low rates a batch holds one frame, so nothing waits to
+    be batched. A transport that can write without waiting (`Transport.can_write_now`: the
+    template's uvicorn protocol, while the client's buffer has room) skips the writer task,
+    whose wake-up per client is most of the cost of a broadcast at low rates. Three routes:
+
+    - at once: a broadcast after a quiet spell (`QUIET_SECONDS` with nothing delivered or
+      written) is written during `deliver`, a synchronous loop of writes as in
+      `websockets.broadcast()`: at low rates nothing would have been batched, and messages that
+      arrive while it is written are batched again;
+    - at the end of the step: otherwise what is queued in an event-loop step is written at its
+      end, in one callback for every connection, each getting its batch;
+    - the writer task: whenever a write would have to wait (`try_write` says False), or the
+      transport can only wait (SSE, another server's ASGI send), the connection's writer task
+      takes over, and waits for the client as long as it must (or until the outbox
+      overflows), so a client that stops reading still delays nobody.
+
+    Frames leave in the order they were offered: they are written without the writer task only
+    while it is idle with nothing queued before them, and what cannot be written so goes back
+    in front of its outbox. One scheduler per hub: the quiet spell is the whole hub's.
+    """
+
+    __slots__ = ("_last_busy", "_unflushed")
+
+    def __init__(self) -> None:
+        self._unflushed: list[Connection] = []  # to write at the end of this step
+        self._last_busy = 0.0  # when the hub last delivered or wrote, on the loop's clock
+
+    def deliver(self, members: tuple[Connection, ...], frame: Frame) -> int:
+        """Offer a frame to each of `members`; return how many took it."""
+        loop = asyncio.get_running_loop()
+        at_once = not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS
+        offer = self.offer
+        taken = 0
+        for member in members:
+            taken += offer(member, frame, at_once)
+        self._last_busy = loop.time()
+        return taken
+
+    def offer(self, connection: Connection, frame: Frame, at_once: bool = False) -> bool:
+        """Queue a frame for a client without waiting; False if it was not queued.
+
+        `at_once`: write it now if the transport takes it without waiting and nothing is queued
+        before it (`deliver` asks this after a quiet spell)."""
+        if connection.state is not ConnectionState.OPEN:
+            return False
+        outbox = connection._outbox
+        if at_once and not outbox and connection._writer_idle():
+            if self._try_write(connection, [frame]):
+                return True
+            if connection.state is not ConnectionState.OPEN:
+                return False  # the write failed
+        if len(outbox) >= connection._outbox_limit:
+            if connection._policy is SlowConsumerPolicy.CLOSE:
+                connection.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
+            return False
+        outbox.append(frame)
+        if len(outbox) == 1 and connection._writer_idle():
+            # The first frame since the outbox emptied; later ones join its batch.
+            if connection.transport.can_write_now:
+                if not self._unflushed:
+                    asyncio.get_running_loop().call_soon(self._flush)
+                self._unflushed.append(connection)
+            else:
+                connection._wake_writer()
+        return True
+
+    def _flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            self._flush_one(connection)
+        self._last_busy = asyncio.get_running_loop().time()
+
+    def _flush_one(self, connection: Connection) -> None:
+        """Write the outbox if the transport takes it without waiting; else wake the writer."""
+        while (
+            connection._outbox
+            and connection.state is ConnectionState.OPEN
+            and connection._writer_idle()
+        ):
+            batch = self._take_batch(connection)
+            if not self._try_write(connection, batch):
+                if connection.state is ConnectionState.OPEN:
+                    connection._outbox[:0] = batch  # nothing was written: back in front, in order
+                    connection._wake_writer()
+                return
+
+    def _try_write(self, connection: Connection, frames: list[Frame]) -> bool:
+        """`try_write`, with a failure ending the connection as a failed `write` does."""
+        try:
+            return connection.transport.try_write(frames)
+        except Exception:
+            connection.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+            return False
+
+    async def write_loop(self, connection: Connection) -> None:
+        """The connection's writer task: waits for frames, then writes them, waiting for the
+        client as long as it takes."""
+        loop = asyncio.get_running_loop()
+        while connection.state is ConnectionState.OPEN:
+            if not connection._outbox:
+                connection._waiting = loop.create_future()
+                try:
+                    await connection._waiting
+                finally:
+                    connection._waiting = None
+            while connection._outbox:
+                await connection.transport.write(self._take_batch(connection))
+
+    def _take_batch(self, connection: Connection) -> list[Frame]:
+        """The oldest frames that fit in `batch_bytes` joined by newlines; at least one."""
+        outbox = connection._outbox
+        limit = connection._batch_bytes
+        # Characters, not bytes: a cheap bound, exact for ASCII and never far off.
+        size = count = 0
+        for frame in outbox:
+            size += len(frame.text) + (1 if count else 0)
+            if count and size > limit:
+                break
+            count += 1
+        if count == len(outbox):
+            batch, connection._outbox = outbox, []
+        else:
+            batch = outbox[:count]
+            del outbox[:count]
+        return batch
+
+
+class Connection:
+    """One client: who it is, its rooms, its outbox and the transport its frames leave by.
+
+    The outbox is written as its `WriteScheduler` decides, which reads and writes the write
+    state here (`_outbox`, `_waiting`, `_writer`): the scheduler's, kept on the connection, as
+    it is per client. `close()` may be called from anywhere (the hub, the reader, a timer); it
+    is synchronous and never waits for the client: it stops the writer, even mid-send, and
+    interrupts the task reading from the client (`read_in`).
     """
 
     __slots__ = (
@@ -120,30 +280,29 @@ class Connection:
         "_policy",
         "_reader",
         "_reader_interrupted",
-        "_send_frames",
+        "_scheduler",
         "_waiting",
-        "_write_now",
         "_writer",
         "close_code",
         "close_reason",
         "grants",
-        "hub",
         "id",
         "last_seen",
         "rooms",
         "state",
+        "transport",
         "user",
     )
 
     def __init__(
         self,
-        send_frames: SendFrames,
+        transport: Transport,
+        scheduler: WriteScheduler,
         *,
         user: str,
         outbox_limit: int,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.CLOSE,
         batch_bytes: int = 0,
-        write_now: WriteNow | None = None,
         grants: Grants | None = None,
     ) -> None:
         self.id = f"c{next(_connection_ids)}"
@@ -156,17 +315,16 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.last_seen = asyncio.get_running_loop().time()
-        self._send_frames = send_frames
+        self.transport = transport
+        # The hub's (`Hub.scheduler`), shared by every connection: a reference, not a bound
+        # method, since memory per connection is what bounds a process.
+        self._scheduler = scheduler
         # A list, not a deque: an empty deque holds a 64-slot block (760 bytes) per connection,
         # and the writer takes whole batches, which a list gives as cheaply.
-        self._outbox: list[str] = []
+        self._outbox: list[Frame] = []
         self._outbox_limit = outbox_limit
         self._policy = policy
         self._batch_bytes = batch_bytes
-        self._write_now = write_now
-        # The hub holding the connection (set by `Hub.add`): it writes what is queued for its
-        # connections in one callback. A reference, not a bound method: memory per connection.
-        self.hub: Hub | None = None
         # Set only while the writer waits for frames, not an Event per connection: idle
         # connections are the many, and memory per connection is what bounds a process.
         self._waiting: asyncio.Future[None] | None = None
@@ -177,30 +335,10 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user!r} {self.state.value}>"
 
-    def offer(self, frame: str, *, at_once: bool = False) -> bool:
-        """Queue a frame for this client without waiting; False if it was not queued.
-
-        `at_once`: write it now if the socket takes it without waiting and nothing is queued
-        before it (the hub asks this after a quiet spell)."""
-        if self.state is not ConnectionState.OPEN:
-            return False
-        if at_once and not self._outbox and self._writer_idle():
-            if self._write([frame]):
-                return True
-            if self.state is not ConnectionState.OPEN:
-                return False  # the write failed
-        if len(self._outbox) >= self._outbox_limit:
-            if self._policy is SlowConsumerPolicy.CLOSE:
-                self.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
-            return False
-        self._outbox.append(frame)
-        if len(self._outbox) == 1 and self._writer_idle():
-            # The first frame since the outbox emptied; later ones join its batch.
-            if self._write_now is not None and self.hub is not None:
-                self.hub.flush_soon(self)
-            else:
-                self._wake_writer()
-        return True
+    def offer(self, frame: Frame | str) -> bool:
+        """Queue a frame for this client without waiting; False if it was not queued. A string
+        is the text of a frame addressed to this client alone (a reply, an error)."""
+        return self._scheduler.offer(self, frame if isinstance(frame, Frame) else Frame(frame))
 
     def close(self, code: int, reason: str = "") -> None:
         """Condemn the connection: drop its outbox and stop its writer, even mid-send.
@@ -239,7 +377,7 @@ class Connection:
     def start_writer(self) -> asyncio.Task[None]:
         if self._writer is not None:
             raise RuntimeError(f"Expected no writer for {self!r}, got {self._writer!r}")
-        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        writer = asyncio.create_task(self._scheduler.write_loop(self), name=f"writer-{self.id}")
         writer.add_done_callback(self._forget_writer)
         self._writer = writer
         return writer
@@ -265,55 +403,6 @@ class Connection:
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
-    def flush(self) -> None:
-        """Write the outbox if the socket takes it without waiting; else wake the writer, which
-        waits for the client as long as it must (or until the outbox overflows)."""
-        while self._outbox and self.state is ConnectionState.OPEN and self._writer_idle():
-            batch = self._take_batch()
-            if not self._write(batch):
-                if self.state is ConnectionState.OPEN:
-                    self._outbox[:0] = batch  # nothing was written: back in front, in order
-                    self._wake_writer()
-                return
-
-    def _write(self, frames: list[str]) -> bool:
-        """`write_now`, with a failure ending the connection as a failed send in the writer does."""
-        if self._write_now is None:
-            return False
-        try:
-            return self._write_now(frames)
-        except Exception:
-            self.close(status.WS_1011_INTERNAL_ERROR, "send failed")
-            return False
-
-    async def _write_loop(self) -> None:
-        while self.state is ConnectionState.OPEN:
-            if not self._outbox:
-                self._waiting = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiting
-                finally:
-                    self._waiting = None
-            while self._outbox:
-                await self._send_frames(self._take_batch())
-
-    def _take_batch(self) -> list[str]:
-        """The oldest frames that fit in `batch_bytes` joined by newlines; at least one."""
-        outbox = self._outbox
-        # Characters, not bytes: a cheap bound, exact for ASCII and never far off.
-        size = count = 0
-        for frame in outbox:
-            size += len(frame) + (1 if count else 0)
-            if count and size > self._batch_bytes:
-                break
-            count += 1
-        if count == len(outbox):
-            batch, self._outbox = outbox, []
-        else:
-            batch = outbox[:count]
-            del outbox[:count]
-        return batch
-
 
 class Hub:
     """Connections and room membership in this process.
@@ -328,8 +417,8 @@ class Hub:
         self._rooms: dict[str, set[Connection]] = {}
         self.on_room_opened: RoomCallback = _ignore
         self.on_room_closed: RoomCallback = _ignore
-        self._unflushed: list[Connection] = []  # to write at the end of this step
-        self._last_busy = 0.0  # when the hub last delivered or wrote, on the loop's clock
+        # Decides when its connections' frames are written; connections are built with it.
+        self.scheduler = WriteScheduler()
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -344,7 +433,6 @@ class Hub:
 
     def add(self, connection: Connection) -> None:
         self._connections.add(connection)
-        connection.hub = self
 
     def remove(self, connection: Connection) -> None:
         """Forget a connection and every membership it had; safe to call twice."""
@@ -378,19 +466,17 @@ class Hub:
                 self.on_room_closed(room)
         return True
 
-    def deliver(self, room: str, frame: str) -> int:
-        """Offer an encoded frame to every member of a room; return how many took it."""
+    def deliver(
+        self, room: str, text: str, event_id: str | None = None, *, type: str = "message"
+    ) -> int:
+        """Offer an encoded message to every member of a room, with the event id it got as it
+        was published, if any; return how many members took it."""
         members = self._rooms.get(room)
         if not members:
             return 0
-        loop = asyncio.get_running_loop()
-        at_once = not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS
         # A copy: a slow consumer closed by `offer` must not change the set mid-iteration.
-        taken = 0
-        for member in tuple(members):
-            taken += member.offer(frame, at_once=at_once)
-        self._last_busy = loop.time()
-        # Once per message and room, not per member: the loop above stays as cheap as it was.
+        taken = self.scheduler.deliver(tuple(members), Frame(text, room, event_id, type))
+        # Once per message and room, not per member: the loop stays as cheap as it was.
         MESSAGES_DELIVERED.inc(taken)
         if taken < len(members):
             MESSAGES_DROPPED.inc(len(members) - taken)
@@ -399,18 +485,6 @@ class Hub:
     def close_all(self, code: int, reason: str = "") -> None:
         for connection in self:
             connection.close(code, reason)
-
-    def flush_soon(self, connection: Connection) -> None:
-        """Write what is queued for the connection at the end of this event-loop step."""
-        if not self._unflushed:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._unflushed.append(connection)
-
-    def _flush(self) -> None:
-        unflushed, self._unflushed = self._unflushed, []
-        for connection in unflushed:
-            connection.flush()
-        self._last_busy = asyncio.get_running_loop().time()
 
 
 def _ignore(room: str) -> None:

@@ -642,13 +642,15 @@ class RedisBroker(Broker):
 
     def _deliver(self, room: str, frame: str) -> None:
         """Hand a frame to the hub, unless it was delivered here already (ids only grow)."""
+        event_id = None
         if self.history_size is not None and (position := stamped_order(frame)) is not None:
             last = self._last.get(room)
             if last is not None and position <= last:
                 return
             self._last[room] = position
-            self._last_id[room] = frame[len(_STAMPED) : frame.find('"', len(_STAMPED))]
-        self.hub.deliver(room, frame)
+            event_id = frame[len(_STAMPED) : frame.find('"', len(_STAMPED))]
+            self._last_id[room] = event_id
+        self.hub.deliver(room, frame, event_id)
 
     async def _fill_gap(self, room: str) -> None:
         """After an outage: what the room's history recorded while this process was away,
@@ -668,7 +670,7 @@ class RedisBroker(Broker):
             except (RedisError, OSError) as error:
                 logger.warning("reading the history of room %r after an outage: %s", room, error)
         if missed is None:
-            self.hub.deliver(room, resync_frame([room]))
+            self.hub.deliver(room, resync_frame([room]), type="resync")
         else:
             for event_id, frame in missed:
                 self._deliver(room, with_id(frame, event_id))

@@ -9,8 +9,11 @@ history, exactly the events after the cursor, in order, then goes live. A room w
 is older than its history (or unknown, e.g. after an in-memory history was lost to a restart)
 gets one `resync` event instead of a silent gap.
 
-An SSE stream is a hub `Connection` whose writer writes to the HTTP response: rooms, broker
-subscriptions (Redis too), the bounded outbox and the slow-consumer policy are the WebSocket's.
+An SSE stream is a hub `Connection` whose transport is the HTTP response (`EventStream`): rooms,
+broker subscriptions (Redis too), the bounded outbox and the slow-consumer policy are the
+WebSocket's. Its liveness is its own: the heartbeat does not apply to it (it cannot answer a
+ping); its comment pings, every `SSE_PING_INTERVAL_SECONDS`, keep it open through proxies, and
+a client that stops reading blocks its writes until its outbox overflows, as a WebSocket's.
 `POST /publish` sends a message through the same `Publisher` path as a WebSocket `publish`.
 
 uvicorn gives a streaming response no sign of a shutdown (it waits for it to end, up to
@@ -22,13 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -41,7 +43,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .feature import Core, Feature
 from .history import History, order, parse_cursor
-from .hub import Connection
+from .hub import Connection, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .permissions import require_join
@@ -57,10 +59,10 @@ RESYNC = "resync"
 # The last event of a stream the server ended, with the WebSocket close code it would have used
 # (4001: the credentials expired, sign in again; 1012: the server is restarting).
 CLOSE = "close"
-# A frame the heartbeat offers every connection; SSE streams send comment pings of their own.
-_HEARTBEAT_PING = encode({"type": "ping"})
-# Not JSON, so no frame can be it: the stream's own ping, queued behind the frames before it.
-_COMMENT_PING = ":ping"
+# The type of a frame written as an SSE comment: the stream's own ping, queued behind the frames
+# before it. No message has it: only rooms' messages and resyncs reach a stream.
+_COMMENT = "comment"
+_COMMENT_PING = Frame("ping", type=_COMMENT)
 
 
 class SseSettings(BaseSettings):
@@ -78,9 +80,14 @@ class SseSettings(BaseSettings):
 
 
 class EventStream(Response):
-    """One SSE client: replay after its cursor, then the live frames the hub gives it."""
+    """One SSE client: replay after its cursor, then the live frames the hub gives it.
+
+    The stream is its connection's `Transport` (hub.py): it writes only by awaiting the ASGI
+    `send`, in the writer task, and has no heartbeat (its comment pings are its own)."""
 
     media_type = "text/event-stream"
+    heartbeat: ClassVar[bool] = False
+    can_write_now: ClassVar[bool] = False
 
     def __init__(
         self, sse: ServerSentEvents, identity: Identity, rooms: list[str], cursor: dict[str, str]
@@ -100,7 +107,6 @@ class EventStream(Response):
         self.rooms = rooms
         self.cursor = dict(cursor)
         self._send: Send | None = None
-        self._connection: Connection | None = None
         # Ids replayed from the history that may also arrive live: each is dropped once. Not
         # "every id up to the cursor", which would hold only while ids are given in delivery
         # order: true of both histories here, but not a promise a History makes.
@@ -110,13 +116,13 @@ class EventStream(Response):
         self._send = send
         sse, settings = self.sse, self.sse.hub_settings
         connection = Connection(
-            self._write_frames,
+            self,
+            sse.hub.scheduler,
             user=self.identity.user,
             outbox_limit=settings.outbox_limit,
             policy=settings.slow_consumer_policy,
             batch_bytes=settings.batch_bytes,
         )
-        self._connection = connection
         # Members first, then the history: what is published meanwhile is queued in the outbox
         # and either replayed or live, never neither; `_replayed` drops what would be both.
         sse.hub.add(connection)
@@ -221,31 +227,25 @@ class EventStream(Response):
             self.cursor[room] = event_id
         return f"id: {urlencode(self.cursor)}\nevent: {event}\ndata: {frame}\n\n"
 
-    async def _write_frames(self, frames: list[str]) -> None:
-        """The connection's send function: hub frames become SSE events, in one write."""
-        text = "".join(self._event_for(frame) for frame in frames)
+    def try_write(self, frames: list[Frame]) -> bool:
+        return False  # an ASGI send is awaited: the writer task writes every batch
+
+    async def write(self, frames: list[Frame]) -> None:
+        """Hub frames become SSE events, in one write."""
+        text = "".join([self._event_for(frame) for frame in frames])
         if text:
             await self._write(text)
-        if _COMMENT_PING in frames:
-            # A stream cannot answer a heartbeat: it counts as alive while the server can
-            # still hand its writes on (a client that stopped reading blocks them).
-            assert self._connection is not None
-            self._connection.last_seen = asyncio.get_running_loop().time()
 
-    def _event_for(self, frame: str) -> str:
-        """The SSE text of one hub frame; empty for frames a stream does not show."""
-        if frame == _COMMENT_PING:
+    def _event_for(self, frame: Frame) -> str:
+        """The SSE text of one hub frame; empty for frames the stream has sent already."""
+        if frame.type == _COMMENT:
             # A ping interval after the replay, every message stored before it was read has
             # long reached the broker: none can arrive twice any more.
             self._replayed.clear()
-            return ": ping\n\n"
-        if frame == _HEARTBEAT_PING:
-            return ""
-        payload: dict[str, Any] = json.loads(frame)
-        event = str(payload.get("type", "message"))
-        room, event_id = payload.get("room"), payload.get("id")
-        if not isinstance(room, str) or not isinstance(event_id, str):
-            return f"event: {event}\ndata: {frame}\n\n"
+            return f": {frame.text}\n\n"
+        room, event_id = frame.room, frame.event_id
+        if room is None or event_id is None:
+            return f"event: {frame.type}\ndata: {frame.text}\n\n"
         if self._replayed and event_id in self._replayed:
             self._replayed.discard(event_id)
             return ""
@@ -254,7 +254,7 @@ class EventStream(Response):
             # Sent already: a broker filling its gap after an outage repeats what it missed,
             # which a stream that opened meanwhile may have replayed from the history.
             return ""
-        return self._event(event, room, event_id, frame)
+        return self._event(frame.type, room, event_id, frame.text)
 
     async def _write(self, text: str) -> None:
         assert self._send is not None

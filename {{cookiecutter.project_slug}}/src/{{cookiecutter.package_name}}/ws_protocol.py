@@ -8,11 +8,14 @@ is answered (uvicorn 0.54); and its flow-control flag is an `asyncio.Event`, who
 save about 4 KB per idle connection, a fifth of what a process holds per client (measured at
 10,000 by the template's benchmarks).
 
-`send_text_now` is uvicorn's `send` of a text message without the `await`: the hub writes a
-broadcast to idle clients in one synchronous loop, as `websockets.broadcast()` does, instead of
-waking a task per client. And since a server's frames are not masked, a broadcast's frame is
-the same bytes for every client: it is built once, not once per client (unless per-message
-compression is on, which compresses for each client).
+The protocol is its connection's `Transport` (hub.py), and offers itself to the app through a
+named seam, the ASGI scope extension `TRANSPORT_EXTENSION` (read with `transport_of(scope)`):
+under another protocol or server the extension is absent and the endpoint writes through the
+plain ASGI `send`. Its `try_write` is uvicorn's `send` of a text message without the `await`
+(`send_text_now`): the hub writes a broadcast to idle clients in one synchronous loop, as
+`websockets.broadcast()` does, instead of waking a task per client. And since a server's frames
+are not masked, a broadcast's frame is the same bytes for every client: it is built once, not
+once per client (unless per-message compression is on, which compresses for each client).
 
 An upgrade request websockets cannot parse (a control character in a header value, which h11
 let through) gets a 400 and is closed: uvicorn 0.54 answers nothing and keeps the socket open,
@@ -24,21 +27,51 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame as WebSocketFrame
+from websockets.frames import Opcode
 from websockets.protocol import State
 
-__all__ = ["WebSocketProtocol", "WritableFlag", "missing_internals", "serving_protocol"]
+from .hub import Frame
+
+__all__ = [
+    "TRANSPORT_EXTENSION",
+    "WebSocketProtocol",
+    "WritableFlag",
+    "message_text",
+    "missing_internals",
+    "serving_protocol",
+    "transport_of",
+]
+
+# The ASGI scope extension in which WebSocketProtocol offers itself, for the life of the app's
+# handler: `{"transport": <the protocol>}`. ASGI's own place for what a server adds to the spec.
+TRANSPORT_EXTENSION = "realtime.transport"
 
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 24\r\n"
     b"Connection: close\r\n\r\ninvalid upgrade request\n"
 )
+
+
+def message_text(frames: list[Frame]) -> str:
+    """A batch's WebSocket message: one frame per line, as JSON never holds a raw newline."""
+    if len(frames) == 1:
+        return frames[0].text
+    return "\n".join([frame.text for frame in frames])
+
+
+def transport_of(scope: Mapping[str, Any]) -> WebSocketProtocol | None:
+    """The template's protocol serving this WebSocket scope, if it is the one (under
+    `python -m <package> serve`); None under other protocols, servers and test clients."""
+    extension = (scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
+    transport = extension.get("transport") if isinstance(extension, dict) else None
+    return transport if isinstance(transport, WebSocketProtocol) else None
 
 
 class WritableFlag:
@@ -87,6 +120,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       endpoint aborts at once a connection whose close frame cannot even be written (`abort`).
     """
 
+    # As a `Transport` (hub.py): a WebSocket client answers the heartbeat's pings, and writes
+    # are tried without waiting first.
+    heartbeat: ClassVar[bool] = True
+    can_write_now: ClassVar[bool] = True
+
     # Until `attach`: class attributes, so nothing per connection. A handshake refused with an
     # HTTP response is never attached, and its response may not be taken either.
     on_control_frame: Callable[[], object] | None = None
@@ -104,7 +142,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def detach(self) -> None:
         """Called by the endpoint when the connection is over: the callback refers to the
-        connection, whose send functions refer back to this protocol, a reference cycle that
+        connection, whose transport is this protocol, a reference cycle that
         only a full garbage collection would free, for every closed connection."""
         self.on_control_frame = None
 
@@ -118,7 +156,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.on_control_frame()
         super().handle_ping()
 
-    def handle_pong(self, event: Frame) -> None:
+    def handle_pong(self, event: WebSocketFrame) -> None:
         if self.on_control_frame is not None:
             self.on_control_frame()
         super().handle_pong(event)
@@ -152,7 +190,17 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_unless_flushed()
 
     async def run_asgi(self) -> None:
-        await super().run_asgi()  # the app is done: the transport closed, or a close timer set
+        # getattr: should uvicorn rename its scope, the endpoint writes through `send`, no worse.
+        scope = getattr(self, "scope", None)
+        extensions = scope.get("extensions") if isinstance(scope, dict) else None
+        if extensions is not None:
+            extensions[TRANSPORT_EXTENSION] = {"transport": self}
+        try:
+            await super().run_asgi()  # the app is done: the transport closed, or a close timer set
+        finally:
+            if extensions is not None:
+                # The scope refers to this protocol now: a reference cycle, were it kept.
+                extensions.pop(TRANSPORT_EXTENSION, None)
         self._abort_unless_flushed()
 
     def _abort_unless_flushed(self) -> None:
@@ -191,6 +239,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             if hasattr(self, "request") and hasattr(self, "response"):
                 self.request = self.response = None  # type: ignore[assignment]
 
+    def try_write(self, frames: list[Frame]) -> bool:
+        return self.send_text_now(message_text(frames))
+
+    async def write(self, frames: list[Frame]) -> None:
+        await self.send({"type": "websocket.send", "text": message_text(frames)})
+
     def send_text_now(self, text: str) -> bool:
         """Send a text frame at once, as `send` does when the transport has room; False, sending
         nothing, in every case where `send` would wait (writes paused) or refuse (handshake not
@@ -217,7 +271,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 def _text_frame(text: str) -> bytes:
     """The wire bytes of a server's text frame. One entry: a broadcast hands every client the
     same string, one after the other."""
-    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+    return WebSocketFrame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
 # What WebSocketProtocol reads of uvicorn's protocol beyond its ASGI `send`, all set by its
@@ -276,7 +330,7 @@ def serving_protocol() -> type[asyncio.Protocol] | Literal["auto"]:
     """The WebSocket protocol to serve with: WebSocketProtocol when the installed uvicorn has all
     it relies on; otherwise one WARNING and uvicorn's own ("auto"), which holds more for each
     connection and costs more per broadcast, but is correct: the hub then writes every batch
-    through `send` (endpoint.py's `_write_now_on`). So a uvicorn release that renames what this
+    through `send` (endpoint.py's `SendTransport`). So a uvicorn release that renames what this
     module reads is found at start-up, never as an AttributeError in the middle of a broadcast."""
     missing = missing_internals()
     if not missing:
