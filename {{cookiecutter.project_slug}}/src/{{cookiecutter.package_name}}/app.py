@@ -32,6 +32,10 @@ from .hub import Hub
 from .log_redaction import install_log_filters
 from .metrics import counting_rooms, metrics_router
 from .permissions import Authorize, authorize, authorizing
+from .presence import Presence
+{%- if cookiecutter.use_redis %}
+from .presence_redis import RedisPresence
+{%- endif %}
 from .protocol import Protocol, Publish
 from .publishing import Publisher
 {%- if cookiecutter.use_redis %}
@@ -127,6 +131,22 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
 {%- if cookiecutter.use_sse %}
     sse.identify = http_user(identify)
 {%- endif %}
+    presence = Presence(
+        hub,
+        settings.presence,
+        broker,
+{%- if cookiecutter.use_redis %}
+        store=RedisPresence(settings.redis, settings.presence.refresh_seconds),
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+        anonymous_users=False,
+        identify=auth.identify,
+{%- endif %}
+{%- if cookiecutter.use_rooms %}
+        check_room=rooms.check_name,
+{%- endif %}
+    )
+    presence.register(protocol)
 
     gc_pacer = GcPacer(settings.server.gc_full_collect_seconds, log=settings.server.gc_log)
 
@@ -135,6 +155,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         capacity.start()
         gc_pacer.start()
         await broker.start()
+        await presence.start()
 {%- if cookiecutter.use_heartbeats %}
         heartbeat.start()
 {%- endif %}
@@ -154,6 +175,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         # uvicorn has already closed its sockets with 1012; this covers other servers.
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
+        await presence.stop()
         await broker.close()
 {%- if cookiecutter.use_sse %}
         await history.close()
@@ -184,5 +206,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     app.state.sse = sse
     app.include_router(sse.router())
 {%- endif %}
+    app.state.presence = presence
+    app.include_router(presence.router())
     mount_demo(app)
     return app

@@ -51,6 +51,8 @@ SendFrames = Callable[[list[str]], Awaitable[None]]
 # would have to wait, because the client's buffer is full or the socket is closing.
 WriteNow = Callable[[list[str]], bool]
 RoomCallback = Callable[[str], None]
+# Told of one membership that began or ended (presence.py keeps its per-user counts with it).
+MemberCallback = Callable[["Connection", str], None]
 
 # A broadcast is written at once only after this long with nothing delivered or written by the
 # hub: longer than the gaps between the bursts of a loaded server (a client's reply, a pipelined
@@ -294,6 +296,8 @@ class Hub:
     Rooms exist only while they have members: leaving the last member frees the room.
     `on_room_opened` and `on_room_closed` are told when that happens (the broker subscribes
     this process to a room only while it has members here); they must not block.
+    `on_member_joined` and `on_member_left`, when set, are told of every membership that
+    begins or ends (a disconnect ends all of the connection's), after the change.
     """
 
     def __init__(self) -> None:
@@ -301,6 +305,8 @@ class Hub:
         self._rooms: dict[str, set[Connection]] = {}
         self.on_room_opened: RoomCallback = _ignore
         self.on_room_closed: RoomCallback = _ignore
+        self.on_member_joined: MemberCallback | None = None
+        self.on_member_left: MemberCallback | None = None
         self._unflushed: list[Connection] = []  # to write at the end of this step
         self._last_busy = 0.0  # when the hub last delivered or wrote, on the loop's clock
 
@@ -336,6 +342,8 @@ class Hub:
             self.on_room_opened(room)
         members.add(connection)
         connection.rooms.add(room)
+        if self.on_member_joined is not None:
+            self.on_member_joined(connection, room)
         return True
 
     def leave(self, connection: Connection, room: str) -> bool:
@@ -349,6 +357,8 @@ class Hub:
             if not members:
                 del self._rooms[room]
                 self.on_room_closed(room)
+        if self.on_member_left is not None:
+            self.on_member_left(connection, room)
         return True
 
     def deliver(self, room: str, frame: str) -> int:

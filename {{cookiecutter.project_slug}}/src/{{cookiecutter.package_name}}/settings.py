@@ -22,6 +22,7 @@ from .heartbeat import HeartbeatSettings
 {%- endif %}
 from .hub import SlowConsumerPolicy
 from .logs import LogFormat
+from .presence import PresenceSettings
 {%- if cookiecutter.use_redis %}
 from .redis_broker import RedisSettings
 {%- endif %}
@@ -97,6 +98,7 @@ class Settings(BaseModel):
     hub: HubSettings = Field(default_factory=HubSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    presence: PresenceSettings = Field(default_factory=PresenceSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = Field(default_factory=RoomSettings)
 {%- endif %}

@@ -1,0 +1,243 @@
+"""Presence: per-user counts after joins, leaves and disconnects; coalesced events; the cap;
+members only; `GET /presence` with the handshake's credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+{% if cookiecutter.auth != "none" -%}
+import httpx2
+{% endif -%}
+import pytest
+from fastapi.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.broker import LocalBroker
+from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.presence import Presence, PresenceSettings
+from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import StartServer
+from .messages import next_message, receive
+
+
+class Recorder:
+    """Stands in for a socket: records every frame sent."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send_frames(self, frames: list[str]) -> None:
+        self.frames.extend(frames)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [
+            message
+            for message in map(json.loads, self.frames)
+            if message["type"].startswith("presence_")
+        ]
+
+
+def connect(hub: Hub, user: str) -> tuple[Connection, Recorder]:
+    recorder = Recorder()
+    connection = Connection(recorder.send_frames, user=user, outbox_limit=64)
+    hub.add(connection)
+    connection.start_writer()
+    return connection, recorder
+
+
+def presence_of(
+    *, events: bool = False, max_users: int = 100, anonymous_users: bool = False
+) -> tuple[Hub, Presence]:
+    hub = Hub()
+    settings = PresenceSettings(events=events, max_users=max_users)
+    presence = Presence(hub, settings, LocalBroker(hub), anonymous_users=anonymous_users)
+    return hub, presence
+
+
+{%- if cookiecutter.auth == "none" %}
+
+
+def connection_ids(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anonymous users are named by their connection ids (with Redis followed by `@` and the
+    process's tag, since several processes each number their connections)."""
+    return [entry | {"user": entry["user"].partition("@")[0]} for entry in users]
+{%- endif %}
+
+
+async def settle() -> None:
+    """Let the writers send what was offered."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_counts_follow_joins_leaves_and_disconnects() -> None:
+    hub, presence = presence_of()
+    alice_1, _ = connect(hub, "alice")
+    alice_2, _ = connect(hub, "alice")
+    bob, _ = connect(hub, "bob")
+    for connection in (alice_1, alice_2, bob):
+        hub.join(connection, "r")
+    hub.join(alice_1, "r")  # joining twice is one membership
+    assert presence.local("r") == {"alice": 2, "bob": 1}
+    hub.leave(bob, "r")
+    assert presence.local("r") == {"alice": 2}
+    hub.remove(alice_1)  # a disconnect ends every membership
+    assert presence.local("r") == {"alice": 1}
+    hub.remove(alice_2)
+    assert presence.local("r") == {}
+    assert presence.local_rooms == [], "an empty room leaves no dict behind"
+
+
+@pytest.mark.anyio
+async def test_events_are_coalesced_per_user() -> None:
+    hub, _ = presence_of(events=True)
+    watcher, seen = connect(hub, "watcher")
+    hub.join(watcher, "r")
+    first_tab, _ = connect(hub, "alice")
+    second_tab, _ = connect(hub, "alice")
+    hub.join(first_tab, "r")
+    hub.join(second_tab, "r")  # a second tab joins nobody
+    hub.remove(first_tab)  # closing one of two tabs leaves nobody
+    await settle()
+    assert seen.events() == [
+        {"type": "presence_join", "room": "r", "user": "watcher"},
+        {"type": "presence_join", "room": "r", "user": "alice"},
+    ]
+    hub.remove(second_tab)
+    await settle()
+    assert seen.events()[2:] == [{"type": "presence_leave", "room": "r", "user": "alice"}]
+
+
+@pytest.mark.anyio
+async def test_no_events_unless_asked_for() -> None:
+    hub, _ = presence_of()
+    watcher, seen = connect(hub, "watcher")
+    hub.join(watcher, "r")
+    alice, _ = connect(hub, "alice")
+    hub.join(alice, "r")
+    hub.remove(alice)
+    await settle()
+    assert seen.events() == []
+
+
+@pytest.mark.anyio
+async def test_the_answer_is_capped_and_says_so() -> None:
+    hub, presence = presence_of(max_users=2)
+    for user, tabs in (("a", 1), ("b", 3), ("c", 2)):
+        for _ in range(tabs):
+            connection, _ = connect(hub, user)
+            hub.join(connection, "r")
+    answer = presence.answer("r", await presence.counts("r"))
+    assert answer == {
+        "type": "presence",
+        "room": "r",
+        "users": [{"user": "b", "connections": 3}, {"user": "c", "connections": 2}],
+        "total": 3,
+        "truncated": True,
+    }
+
+
+@pytest.mark.anyio
+async def test_without_auth_every_connection_is_its_own_user() -> None:
+    hub, presence = presence_of(anonymous_users=True)
+    one, _ = connect(hub, "anonymous")
+    two, _ = connect(hub, "anonymous")
+    hub.join(one, "r")
+    hub.join(two, "r")
+    assert presence.local("r") == {one.id: 1, two.id: 1}
+
+
+def test_a_member_asks_who_is_there_and_a_stranger_is_refused(client: TestClient) -> None:
+    with (
+        client.websocket_connect("/ws") as member,
+        client.websocket_connect("/ws") as other,
+    ):
+        welcomes = [receive(member), receive(other)]
+        member.send_json({"type": "presence", "room": DEFAULT_ROOM})
+        answer = receive(member)
+{%- if cookiecutter.auth == "none" %}
+        expected = [{"user": welcome["connection"], "connections": 1} for welcome in welcomes]
+        expected.sort(key=lambda entry: entry["user"])
+        answer["users"] = connection_ids(answer["users"])
+{%- else %}
+        # In-process clients are all `anonymous` (conftest): one user, two connections.
+        assert {welcome["user"] for welcome in welcomes} == {"anonymous"}
+        expected = [{"user": "anonymous", "connections": 2}]
+{%- endif %}
+        assert answer == {
+            "type": "presence",
+            "room": DEFAULT_ROOM,
+            "users": expected,
+            "total": len(expected),
+            "truncated": False,
+        }
+        member.send_json({"type": "presence", "room": "elsewhere"})
+        error = receive(member)
+        assert (error["type"], error["code"]) == ("error", "not_a_member")
+        member.send_json({"type": "presence", "room": DEFAULT_ROOM})
+        assert receive(member)["type"] == "presence", "the connection lives on"
+
+
+def test_an_invalid_room_over_http_is_a_422(client: TestClient) -> None:
+    response = client.get("/presence", params={"room": "x" * 1000})
+    assert response.status_code == 422
+    assert "invalid_room" in response.json()["detail"]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_get_presence_takes_the_credentials_of_ws(start_server: StartServer) -> None:
+    server = start_server()
+{%- if cookiecutter.auth != "none" %}
+    async with server.http_client() as http:
+        # Not present yet: not a member.
+        stranger = await http.get("/presence", params={"room": DEFAULT_ROOM})
+        assert stranger.status_code == 403
+        assert "not_a_member" in stranger.json()["detail"]
+{%- endif %}
+    async with server.connect() as ws, server.http_client() as http:
+        welcome = await next_message(ws)
+        response = await http.get("/presence", params={"room": DEFAULT_ROOM})
+        assert response.status_code == 200, response.text
+{%- if cookiecutter.auth == "none" %}
+        # Every connection is its own user.
+        users = connection_ids(response.json()["users"])
+        assert users == [{"user": welcome["connection"], "connections": 1}]
+{%- else %}
+        users = response.json()["users"]
+        assert users == [{"user": welcome["user"], "connections": 1}]
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+    # Without the credentials: refused as /ws would be.
+    async with httpx2.AsyncClient(base_url=server.http_url) as bare:
+        assert (await bare.get("/presence")).status_code == 401
+{%- endif %}
+{%- if cookiecutter.use_sse %}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_sse_subscribers_count_as_present(start_server: StartServer) -> None:
+    server = start_server()
+    async with (
+        server.http_client(timeout=10) as http,
+        http.stream("GET", "/sse", params={"room": DEFAULT_ROOM}) as stream,
+    ):
+        assert stream.status_code == 200
+        for _ in range(100):
+            answer = (await http.get("/presence", params={"room": DEFAULT_ROOM})).json()
+            if answer["total"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert answer["total"] == 1, answer
+{%- endif %}
+
+
+def test_create_app_wires_presence() -> None:
+    app = create_app(Settings())
+    assert isinstance(app.state.presence, Presence)
