@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 {%- if cookiecutter.auth != "none" %}
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 {%- endif %}
 
 {% if cookiecutter.auth == "query_token" -%}
@@ -122,21 +122,21 @@ async def test_presence_is_unavailable_while_redis_is_down(
 {%- if cookiecutter.auth != "none" %}
 
 
-async def connect_as(server: Server, user: str) -> ClientConnection:
-    """A connection of another user than the test's own (`tester`)."""
+def connect_as(server: Server, user: str) -> connect:
+    """A client of another user than the test's own (`tester`)."""
 {%- if cookiecutter.auth == "query_token" %}
     token = issue_token(user, 3600, TokenSettings(secret=TEST_SECRET))
-    return await connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
+    return connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
 {%- else %}
     session = SessionSigner(TEST_SECRET).sign(user, time.time() + 3600)
     headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
-    return await connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
+    return connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
 {%- endif %}
 
 
 async def test_events_are_coalesced_across_processes(start_server: StartServer) -> None:
     first, second = start_server(**FAST), start_server(**FAST)
-    async with await connect_as(first, "watcher") as watcher, first.connect() as tab_on_first:
+    async with connect_as(first, "watcher") as watcher, first.connect() as tab_on_first:
         await next_message(watcher)
         await next_message(tab_on_first)
         await until_connections(second, 2, bound_seconds=10)  # second sees tester on first
