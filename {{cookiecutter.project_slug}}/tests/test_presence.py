@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+{%- if cookiecutter.auth == "cookie" %}
+import time
+{%- endif %}
 from typing import Any
 
 {% if cookiecutter.auth != "none" -%}
@@ -12,15 +15,23 @@ import httpx2
 {% endif -%}
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import HTTPConnection
 
 from {{ cookiecutter.package_name }}.app import create_app
+{%- if cookiecutter.auth == "query_token" %}
+from {{ cookiecutter.package_name }}.auth_token import TokenSettings, issue_token
+{%- elif cookiecutter.auth == "cookie" %}
+from {{ cookiecutter.package_name }}.auth_cookie import SessionSigner
+{%- endif %}
 from {{ cookiecutter.package_name }}.broker import LocalBroker
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
+from {{ cookiecutter.package_name }}.identity import Identity
+from {{ cookiecutter.package_name }}.permissions import Grants, RoomGrants
 from {{ cookiecutter.package_name }}.presence import Presence, PresenceSettings
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import StartServer
+from .conftest import {% if cookiecutter.auth != "none" %}TEST_SECRET, {% endif %}StartServer{% if cookiecutter.auth != "none" %}, connect_as{% endif %}
 from .messages import next_message, receive
 
 
@@ -183,6 +194,21 @@ def test_a_member_asks_who_is_there_and_a_stranger_is_refused(client: TestClient
         assert receive(member)["type"] == "presence", "the connection lives on"
 
 
+def test_get_presence_answers_403_where_the_grants_close_the_room() -> None:
+    """In-process clients are `anonymous` (conftest.py); this hook lets them into another room
+    only, as a token's `rooms` claim would."""
+
+    async def elsewhere_only(identity: Identity, request: HTTPConnection) -> Grants | None:
+        return RoomGrants.of(rooms=["elsewhere"])
+
+    with TestClient(create_app(Settings(), authorize=elsewhere_only)) as client:
+        response = client.get("/presence", params={"room": DEFAULT_ROOM})
+        assert response.status_code == 403
+        assert response.json()["detail"] == f"forbidden: you may not join room {DEFAULT_ROOM!r}"
+        # An invalid name is still the client's mistake first, as for `join`.
+        assert client.get("/presence", params={"room": "x" * 1000}).status_code == 422
+
+
 def test_an_invalid_room_over_http_is_a_422(client: TestClient) -> None:
     response = client.get("/presence", params={"room": "x" * 1000})
     assert response.status_code == 422
@@ -193,13 +219,11 @@ def test_an_invalid_room_over_http_is_a_422(client: TestClient) -> None:
 @pytest.mark.timeout(60)
 async def test_get_presence_takes_the_credentials_of_ws(start_server: StartServer) -> None:
     server = start_server()
-{%- if cookiecutter.auth != "none" %}
     async with server.http_client() as http:
-        # Not present yet: not a member.
-        stranger = await http.get("/presence", params={"room": DEFAULT_ROOM})
-        assert stranger.status_code == 403
-        assert "not_a_member" in stranger.json()["detail"]
-{%- endif %}
+        # A backend need not be connected: the grants decide, and these open every room.
+        empty = await http.get("/presence", params={"room": DEFAULT_ROOM})
+        assert empty.status_code == 200, empty.text
+        assert (empty.json()["users"], empty.json()["total"]) == ([], 0)
     async with server.connect() as ws, server.http_client() as http:
         welcome = await next_message(ws)
         response = await http.get("/presence", params={"room": DEFAULT_ROOM})
@@ -216,6 +240,47 @@ async def test_get_presence_takes_the_credentials_of_ws(start_server: StartServe
     # Without the credentials: refused as /ws would be.
     async with httpx2.AsyncClient(base_url=server.http_url) as bare:
         assert (await bare.get("/presence")).status_code == 401
+    # Credentials whose grants close the room: 403, with the code a `join` would get.
+{%- if cookiecutter.auth == "query_token" %}
+    token = issue_token("tester", 3600, TokenSettings(secret=TEST_SECRET), rooms=["elsewhere"])
+    server.http_params = {"token": token}
+{%- else %}
+    session = SessionSigner(TEST_SECRET).sign("tester", time.time() + 3600, rooms=["elsewhere"])
+    server.http_headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+{%- endif %}
+    async with server.http_client() as http:
+        refused = await http.get("/presence", params={"room": DEFAULT_ROOM})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["detail"] == f"forbidden: you may not join room {DEFAULT_ROOM!r}"
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_second_tab_joins_nobody_on_a_real_server(start_server: StartServer) -> None:
+    server = start_server(PRESENCE_EVENTS="true")
+    async with connect_as(server, "watcher") as watcher:
+        assert (await next_message(watcher))["type"] == "welcome"
+        async with server.connect() as first_tab:
+            await next_message(first_tab)
+            async with server.connect() as second_tab:
+                await next_message(second_tab)
+            # The second tab is gone, the first is there: tester is still in the room.
+            async with server.http_client() as http:
+                answer = (await http.get("/presence", params={"room": DEFAULT_ROOM})).json()
+            assert {"user": "tester", "connections": 1} in answer["users"], answer
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] != "presence_leave":
+            message = await next_message(watcher)
+            message.pop("id", None)  # an event id, with a history
+            if message["type"].startswith("presence_") and message["user"] == "tester":
+                seen.append(message)
+    # One join for two tabs, and one leave once the last of them closed.
+    assert seen == [
+        {"type": "presence_join", "room": DEFAULT_ROOM, "user": "tester"},
+        {"type": "presence_leave", "room": DEFAULT_ROOM, "user": "tester"},
+    ]
 {%- endif %}
 {%- if cookiecutter.use_sse %}
 

@@ -6,25 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-{%- if cookiecutter.auth == "cookie" %}
-import time
-{%- endif %}
 from pathlib import Path
 from typing import Any
 
 import pytest
-{%- if cookiecutter.auth != "none" %}
-from websockets.asyncio.client import connect
-{%- endif %}
 
-{% if cookiecutter.auth == "query_token" -%}
-from {{ cookiecutter.package_name }}.auth_token import TokenSettings, issue_token
-{% elif cookiecutter.auth == "cookie" -%}
-from {{ cookiecutter.package_name }}.auth_cookie import SessionSigner
-{% endif -%}
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 
-from .conftest import {% if cookiecutter.auth != "none" %}TEST_SECRET, {% endif %}Server, StartServer
+from .conftest import Server, StartServer{% if cookiecutter.auth != "none" %}, connect_as{% endif %}
 from .messages import next_message
 from .redis_server import RedisServer
 
@@ -120,18 +109,6 @@ async def test_presence_is_unavailable_while_redis_is_down(
 
 
 {%- if cookiecutter.auth != "none" %}
-
-
-def connect_as(server: Server, user: str) -> connect:
-    """A client of another user than the test's own (`tester`)."""
-{%- if cookiecutter.auth == "query_token" %}
-    token = issue_token(user, 3600, TokenSettings(secret=TEST_SECRET))
-    return connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
-{%- else %}
-    session = SessionSigner(TEST_SECRET).sign(user, time.time() + 3600)
-    headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
-    return connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
-{%- endif %}
 
 
 async def test_events_are_coalesced_across_processes(start_server: StartServer) -> None:

@@ -127,7 +127,8 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     auth = CookieAuth(settings.auth)
     identify = auth.identify
 {%- endif %}
-    identify = capacity.guard(authorizing(identify, authorize))
+    authorized = authorizing(identify, authorize)
+    identify = capacity.guard(authorized)
 {%- if cookiecutter.use_sse %}
     sse.identify = http_user(identify)
 {%- endif %}
@@ -138,9 +139,10 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
 {%- if cookiecutter.use_redis %}
         store=RedisPresence(settings.redis, settings.presence.refresh_seconds),
 {%- endif %}
+        # `GET /presence` is one short request: no capacity guard, as for a publish.
+        identify=authorized,
 {%- if cookiecutter.auth != "none" %}
         anonymous_users=False,
-        identify=auth.identify,
 {%- endif %}
 {%- if cookiecutter.use_rooms %}
         check_room=rooms.check_name,

@@ -3,9 +3,10 @@
 A member asks with `{"type":"presence","room":"r"}` and gets
 `{"type":"presence","room":"r","users":[{"user":"alice","connections":2}],"total":1,
 "truncated":false}`: the users present, most connections first, at most `max_users` of them,
-and `total`, how many users are present in all. A backend asks `GET /presence?room=r` with the
-credentials `/ws` takes. Only a member may ask: a connection in the room, or over HTTP a user
-with a connection in it; anyone else gets `not_a_member` (HTTP 403).
+and `total`, how many users are present in all. Over WebSocket only a member of the room may ask
+(`not_a_member` otherwise). A backend asks `GET /presence?room=r` with the credentials `/ws`
+takes, and need not be connected: it may see the presence of the rooms its grants let it join
+(permissions.py), and gets 403 `forbidden` for the others, as a `join` would.
 
 Every connection counts, WebSocket or SSE, under its user; without authentication every
 connection is its own anonymous user, named by its connection id. With `events`, a room's
@@ -36,6 +37,7 @@ from .broker import Broker
 from .connection_log import log_connection_refused
 from .hub import Connection, Hub
 from .identity import HandshakeRefused, Identify, Identity, anonymous
+from .permissions import require_join
 from .protocol import DEFAULT_ROOM, ErrorCode, Message, Protocol, ProtocolError, encode
 
 __all__ = [
@@ -58,6 +60,13 @@ CheckRoom = Callable[[str], None]
 class PresenceErrorCode(enum.StrEnum):
     # With Redis: the other processes' counts could not be read; ask again.
     PRESENCE_UNAVAILABLE = "presence_unavailable"
+
+
+# A refusal over HTTP; any other ProtocolError is the request's mistake, a 422.
+_HTTP_STATUS: dict[str, int] = {
+    ErrorCode.FORBIDDEN: status.HTTP_403_FORBIDDEN,
+    PresenceErrorCode.PRESENCE_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
 
 
 class PresenceSettings(BaseSettings):
@@ -218,20 +227,16 @@ class Presence:
         async def presence(
             room: str = DEFAULT_ROOM, identity: Identity = Depends(identity)
         ) -> dict[str, object]:
-            """Who is in `room`, for backends; the caller must be present in it itself,
-            unless the service has no authentication."""
+            """Who is in `room`, for backends: those whose grants let them join it."""
             try:
                 self.check_room(room)
+                require_join(identity.grants, room)
                 counts = await self.counts(room)
             except ProtocolError as error:
-                code = status.HTTP_422_UNPROCESSABLE_CONTENT
-                if error.code == PresenceErrorCode.PRESENCE_UNAVAILABLE:
-                    code = status.HTTP_503_SERVICE_UNAVAILABLE
-                raise HTTPException(code, f"{error.code}: {error.detail}") from None
-            if not self.anonymous_users and identity.user not in counts:
                 raise HTTPException(
-                    status.HTTP_403_FORBIDDEN, f"{ErrorCode.NOT_A_MEMBER}: not in room {room!r}"
-                )
+                    _HTTP_STATUS.get(error.code, status.HTTP_422_UNPROCESSABLE_CONTENT),
+                    f"{error.code}: {error.detail}",
+                ) from None
             return self.answer(room, counts)
 
         return router
