@@ -1,5 +1,5 @@
 """Presence: per-user counts after joins, leaves and disconnects; coalesced events; the cap;
-members only; `GET /presence` with the handshake's credentials."""
+members only over WebSocket; `GET /presence` with the handshake's credentials and grants."""
 
 from __future__ import annotations
 

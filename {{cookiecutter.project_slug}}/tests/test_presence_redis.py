@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 
@@ -69,7 +71,18 @@ async def test_two_processes_count_each_others_members(start_server: StartServer
         await until_connections(first, 1, bound_seconds=10)
 
 
-async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> None:
+async def until(read: Callable[[], Awaitable[int]], expected: int, *, bound_seconds: float) -> None:
+    """Poll `read` until it gives `expected`; fail past the bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_seconds
+    while (seen := await read()) != expected:
+        assert loop.time() < deadline, f"{seen}, not {expected}, after the bound"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_killed_process_leaves_no_ghosts(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
     survivor, doomed = start_server(**FAST), start_server(**FAST)
     async with survivor.connect() as ws:
         await next_message(ws)
@@ -84,6 +97,18 @@ async def test_a_killed_process_leaves_no_ghosts(start_server: StartServer) -> N
         await until_connections(survivor, 1, bound_seconds=3 * REFRESH_SECONDS + 10)
         for ghost in ghosts:
             await ghost.close()  # already closed by the dead peer's kernel: at once
+        # In Redis too: the survivor's next write deletes the dead process's entry...
+        entries = f"{redis_prefix}{DEFAULT_ROOM}:presence"  # presence_redis.py's two keys
+        expiries = f"{entries}:alive"
+        async with Redis.from_url(redis_url, decode_responses=True) as redis:
+            await until(lambda: redis.hlen(entries), 1, bound_seconds=3 * REFRESH_SECONDS + 10)
+            assert await redis.zcard(expiries) == 1
+            # ...and once no process is left to write, both keys expire.
+            survivor.process.send_signal(signal.SIGKILL)
+            survivor.process.wait()
+            await until(
+                lambda: redis.exists(entries, expiries), 0, bound_seconds=3 * REFRESH_SECONDS + 10
+            )
 
 
 async def test_presence_is_unavailable_while_redis_is_down(

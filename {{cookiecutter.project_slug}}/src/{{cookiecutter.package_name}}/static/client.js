@@ -121,7 +121,8 @@ class RealtimeClient extends EventTarget {
   }
 
   // Ask who is in `room` (one this client is in); the answer comes as a "frame" event of type
-  // "presence" (or an "error" with code "not_a_member"). False when not connected.
+  // "presence" (or an "error" with code "not_a_member"). False when not connected. With
+  // PRESENCE_EVENTS, "presence_join" and "presence_leave" frames come the same way.
   presence(room = "lobby") {
     return this.send({ type: "presence", room });
   }
