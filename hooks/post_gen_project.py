@@ -37,6 +37,8 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "tests/test_redis_broker.py",
         "tests/test_workers.py",
         "tests/test_redis_faults.py",
+        "src/{package_name}/presence_redis.py",
+        "tests/test_presence_redis.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",

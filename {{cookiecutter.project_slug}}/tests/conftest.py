@@ -186,6 +186,22 @@ def sign_in(server: Server, secret: str, *, seconds: int) -> None:
 {%- endif %}
 
 
+{%- if cookiecutter.auth != "none" %}
+
+
+def connect_as(server: Server, user: str) -> connect:
+    """A WebSocket client of another user than the test's own (`tester`)."""
+{%- if cookiecutter.auth == "query_token" %}
+    token = issue_token(user, 3600, TokenSettings(secret=TEST_SECRET))
+    return connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
+{%- else %}
+    session = SessionSigner(TEST_SECRET).sign(user, time.time() + 3600)
+    headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
+    return connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
+{%- endif %}
+{%- endif %}
+
+
 def wait_until_healthy(server: Server, attempts: int = 100) -> None:
     for _ in range(attempts):
         if server.process.poll() is not None:
@@ -203,12 +219,8 @@ def wait_until_healthy(server: Server, attempts: int = 100) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Every test, in process or in a server process, publishes through a real Redis:
-    REDIS_URL when it is set, otherwise a server started here for the session.
-
-    A channel prefix of its own keeps test runs that share one Redis apart.
-    """
+    REDIS_URL when it is set, otherwise a server started here for the session."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("REDIS_CHANNEL_PREFIX", f"test-{os.urandom(4).hex()}:")
         if url := os.environ.get("REDIS_URL"):
             yield url
             return
@@ -219,6 +231,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield server.url
         finally:
             server.kill()
+
+
+@pytest.fixture(autouse=True)
+def redis_prefix(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A channel and key prefix of each test's own, for its apps and its servers alike.
+
+    The session's Redis outlives each test's apps: a server that the test leaves running is
+    killed at teardown, and its presence entries stay counted until they expire (seconds), as
+    a dead process's must, and rooms' histories stay too. Under one prefix for the session,
+    the next test would count them. Test runs that share a REDIS_URL stay apart too.
+    """
+    prefix = f"test-{os.urandom(4).hex()}:"
+    monkeypatch.setenv("REDIS_CHANNEL_PREFIX", prefix)
+    return prefix
 
 
 @pytest.fixture

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     publisher = Publisher(broker)
     protocol.on("publish", Publish, publisher.handle)
     identify = lent.identity.identify if lent.identity is not None else anonymous
+    authorized = authorizing(identify, authorize)
     core = Core(
         hub=hub,
         hub_settings=settings.hub,
@@ -64,9 +65,10 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         history=history,
         publisher=publisher,
         readiness=readiness,
-        identify=capacity.guard(authorizing(identify, authorize)),
+        identify=capacity.guard(authorized),
+        identify_request=authorized,
         check_room=lent.check_room,
-        heartbeat_seconds=lent.heartbeat_seconds,
+        anonymous=lent.identity is None,
     )
     features: list[Feature] = [
         *([lent.identity] if lent.identity is not None else []),

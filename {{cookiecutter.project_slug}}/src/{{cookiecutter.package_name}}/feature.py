@@ -75,8 +75,6 @@ class Provided:
     # Events kept per room when a feature reads the history (SSE resume); None: no history,
     # and no cost per message.
     history_size: int | None = None
-    # The heartbeat's interval, when it pings: transports with pings of their own follow it.
-    heartbeat_seconds: float | None = None
     # Broker implementations by URL scheme (`redis`), besides the built-in `memory`.
     brokers: Mapping[str, BrokerFactory] = field(default_factory=dict)
 
@@ -93,7 +91,11 @@ class Core:
     history: History | None
     publisher: Publisher
     readiness: Readiness
-    # The handshake check: the identity feature's, with the permissions and capacity rules.
+    # The handshake check of a connection (WebSocket, SSE stream): the identity feature's,
+    # with the permissions and capacity rules.
     identify: Identify
+    # The same for one short request (a publish, a presence query): no capacity rule.
+    identify_request: Identify
     check_room: CheckRoom
-    heartbeat_seconds: float | None = None
+    # No identity feature: every client is anonymous (presence counts each connection apart).
+    anonymous: bool

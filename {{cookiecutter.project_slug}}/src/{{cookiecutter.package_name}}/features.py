@@ -20,7 +20,9 @@ from .feature import Core, Feature, Provided
 {%- if cookiecutter.use_heartbeats %}
 from .heartbeat import Heartbeat, HeartbeatSettings
 {%- endif %}
+from .presence import Presence, PresenceSettings
 {%- if cookiecutter.use_redis %}
+from .presence_redis import redis_presence
 from .redis_broker import RedisSettings, redis_brokers
 {%- endif %}
 {%- if cookiecutter.use_rooms %}
@@ -35,8 +37,8 @@ __all__ = ["COMMANDS", "FeatureSettings", "chosen", "provided"]
 
 class FeatureSettings(pydantic.BaseModel):
     """The settings group of each chosen feature; each reads its own environment variables."""
-{%- if cookiecutter.use_rooms or cookiecutter.use_redis or cookiecutter.use_heartbeats or cookiecutter.use_sse or cookiecutter.auth != "none" %}
-{% endif %}
+
+    presence: PresenceSettings = pydantic.Field(default_factory=PresenceSettings)
 {%- if cookiecutter.use_rooms %}
     rooms: RoomSettings = pydantic.Field(default_factory=RoomSettings)
 {%- endif %}
@@ -71,9 +73,6 @@ def provided(settings: FeatureSettings) -> Provided:
 {%- if cookiecutter.use_sse %}
         history_size=settings.sse.history_size,
 {%- endif %}
-{%- if cookiecutter.use_heartbeats %}
-        heartbeat_seconds=settings.heartbeat.interval_seconds,
-{%- endif %}
 {%- if cookiecutter.use_redis %}
         brokers=redis_brokers(settings.redis),
 {%- endif %}
@@ -84,7 +83,13 @@ def chosen(core: Core, settings: FeatureSettings) -> list[Feature]:
     """The features built on the core, in the order the app starts them (stopped in reverse);
     the identity feature, if any, comes first (app.py)."""
     return [
-        # One entry per chosen feature.
+        # One entry per chosen feature. Presence is in every project: it is first, so that it
+        # stops last and hears every connection's leave.
+{%- if cookiecutter.use_redis %}
+        Presence.on(core, settings.presence, store=redis_presence(core.broker, settings.presence)),
+{%- else %}
+        Presence.on(core, settings.presence),
+{%- endif %}
 {%- if cookiecutter.use_rooms %}
         Rooms(core, settings.rooms),
 {%- else %}

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 RoomCallback = Callable[[str], None]
+# Told of one membership that began or ended (presence.py keeps its per-user counts with it).
+MemberCallback = Callable[["Connection", str], None]
 
 # A broadcast is written at once only after this long with nothing delivered or written by the
 # hub: longer than the gaps between the bursts of a loaded server (a client's reply, a pipelined
@@ -410,6 +412,8 @@ class Hub:
     Rooms exist only while they have members: leaving the last member frees the room.
     `on_room_opened` and `on_room_closed` are told when that happens (the broker subscribes
     this process to a room only while it has members here); they must not block.
+    `on_member_joined` and `on_member_left`, when set, are told of every membership that
+    begins or ends (a disconnect ends all of the connection's), after the change.
     """
 
     def __init__(self) -> None:
@@ -419,6 +423,8 @@ class Hub:
         self.on_room_closed: RoomCallback = _ignore
         # Decides when its connections' frames are written; connections are built with it.
         self.scheduler = WriteScheduler()
+        self.on_member_joined: MemberCallback | None = None
+        self.on_member_left: MemberCallback | None = None
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -451,6 +457,8 @@ class Hub:
             self.on_room_opened(room)
         members.add(connection)
         connection.rooms.add(room)
+        if self.on_member_joined is not None:
+            self.on_member_joined(connection, room)
         return True
 
     def leave(self, connection: Connection, room: str) -> bool:
@@ -464,6 +472,8 @@ class Hub:
             if not members:
                 del self._rooms[room]
                 self.on_room_closed(room)
+        if self.on_member_left is not None:
+            self.on_member_left(connection, room)
         return True
 
     def deliver(

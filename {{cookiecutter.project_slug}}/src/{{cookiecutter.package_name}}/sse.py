@@ -289,9 +289,6 @@ class ServerSentEvents(Feature):
     def __init__(self, core: Core, settings: SseSettings) -> None:
         if core.history is None:
             raise ValueError("SSE resumes from a history: the core must keep one")
-        if core.heartbeat_seconds is not None:
-            # One rhythm for every client: SSE comment pings follow the heartbeat's interval.
-            settings = settings.model_copy(update={"ping_interval_seconds": core.heartbeat_seconds})
         self.core = core
         self.hub = core.hub
         self.history: History = core.history

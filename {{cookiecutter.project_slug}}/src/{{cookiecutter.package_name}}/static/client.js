@@ -120,6 +120,13 @@ class RealtimeClient extends EventTarget {
     return true;
   }
 
+  // Ask who is in `room` (one this client is in); the answer comes as a "frame" event of type
+  // "presence" (or an "error" with code "not_a_member"). False when not connected. With
+  // PRESENCE_EVENTS, "presence_join" and "presence_leave" frames come the same way.
+  presence(room = "lobby") {
+    return this.send({ type: "presence", room });
+  }
+
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
