@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .history import History, LocalHistory
 from .hub import Hub
-from .protocol import ProtocolError, encode, with_id
+from .protocol import ServiceError, encode, with_id
 
 __all__ = [
     "MEMORY",
@@ -83,21 +83,21 @@ class BrokerErrorCode(enum.StrEnum):
     ALREADY_PUBLISHED = "already_published"
 
 
-class BrokerUnavailable(ProtocolError):
+class BrokerUnavailable(ServiceError):
     """A publish that was not handed on: nobody got it. The sender gets an error frame."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(BrokerErrorCode.BROKER_UNAVAILABLE, detail)
 
 
-class PublishOutcomeUnknown(ProtocolError):
+class PublishOutcomeUnknown(ServiceError):
     """A publish that went out to Redis with no answer in time: it may have been delivered."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(BrokerErrorCode.PUBLISH_OUTCOME_UNKNOWN, detail)
 
 
-class AlreadyPublished(ProtocolError):
+class AlreadyPublished(ServiceError):
     """A publish whose key was used for a message published before: it is not sent again."""
 
     def __init__(self, event_id: str | None) -> None:

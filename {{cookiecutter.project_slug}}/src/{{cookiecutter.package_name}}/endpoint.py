@@ -33,7 +33,7 @@ from .feature import Feature
 from .hub import Connection, ConnectionState, Frame, Hub, HubSettings, Transport
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
 from .metrics import MESSAGES_RECEIVED
-from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
+from .protocol import DEFAULT_ROOM, ErrorCode, ErrorReply, Protocol, encode, error_frame
 from .rate_limit import TokenBucket
 from .ws_protocol import message_text, transport_of
 
@@ -206,7 +206,7 @@ class Endpoint:
             try:
                 message, handler = self.protocol.decode(text)
                 await handler(connection, message)
-            except ProtocolError as error:
+            except ErrorReply as error:
                 connection.offer(error_frame(error.code, error.detail))
             except Exception:
                 logger.exception("handler failed on %r", connection)

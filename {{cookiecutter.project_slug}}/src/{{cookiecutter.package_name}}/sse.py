@@ -47,7 +47,7 @@ from .hub import Connection, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .permissions import require_join
-from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
+from .protocol import DEFAULT_ROOM, ErrorReply, encode, with_id
 from .publishing import check_room_or_422, publish_router
 
 __all__ = ["EventStream", "ServerSentEvents", "SseSettings"]
@@ -136,7 +136,7 @@ class EventStream(Response):
                 sse.hub.join(connection, room)
             try:
                 await sse.listening(self.rooms)
-            except ProtocolError as unavailable:
+            except ErrorReply as unavailable:
                 log_connection_refused("sse", 503, unavailable.detail, scope.get("client"))
                 await send({"type": "http.response.start", "status": 503, "headers": []})
                 await send({"type": "http.response.body", "body": unavailable.detail.encode()})
@@ -190,7 +190,7 @@ class EventStream(Response):
         """The missed events, then the live ones: the only code that writes events."""
         try:
             await self._replay()
-        except ProtocolError as unavailable:  # the history did not answer: resume later
+        except ErrorReply as unavailable:  # the history did not answer: resume later
             connection.close(status.WS_1013_TRY_AGAIN_LATER, unavailable.detail)
             return
         # Cancelling this task (the stream ends) cancels the writer it waits for.
