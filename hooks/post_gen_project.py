@@ -43,6 +43,8 @@ MANIFEST: dict[str, tuple[str, ...]] = {
     "use_sse": (
         "src/{package_name}/sse.py",
         "tests/test_sse.py",
+        "src/{package_name}/exit_signals.py",
+        "tests/test_exit_signals.py",
     ),
     "use_sse&use_redis": (
         "tests/test_sse_redis.py",

@@ -17,20 +17,16 @@ a client that stops reading blocks its writes until its outbox overflows, as a W
 `POST /publish` sends a message through the same `Publisher` path as a WebSocket `publish`.
 
 uvicorn gives a streaming response no sign of a shutdown (it waits for it to end, up to
-`SERVER_SHUTDOWN_TIMEOUT_SECONDS`, then cancels it), so `ServerSentEvents.watch_exit_signals`
-chains onto the server's SIGTERM and SIGINT handlers and ends every open stream at once.
+`SERVER_SHUTDOWN_TIMEOUT_SECONDS`, then cancels it), so `ServerSentEvents` hears SIGTERM and
+SIGINT through `exit_signals.py` and ends every open stream at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-import threading
 from collections.abc import Callable
-from types import FrameType
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -41,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
+from .exit_signals import on_exit_signal
 from .feature import Core, Feature
 from .history import History, order, parse_cursor
 from .hub import Connection, Frame
@@ -297,13 +294,15 @@ class ServerSentEvents(Feature):
         self.identify = http_user(core.identify)
         self.check_room = core.check_room
         self.streams: set[Connection] = set()
-        self._restore: dict[int, Any] = {}
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
-        self.watch_exit_signals()
+        self._unsubscribe = on_exit_signal(self.close_all)
 
     async def stop(self) -> None:
-        self.unwatch_exit_signals()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self.close_all()
 
     async def listening(self, rooms: list[str]) -> None:
@@ -342,32 +341,3 @@ class ServerSentEvents(Feature):
         """End every open stream; the client's EventSource reconnects (elsewhere)."""
         for connection in tuple(self.streams):
             connection.close(status.WS_1012_SERVICE_RESTART, "server shutting down")
-
-    def watch_exit_signals(self) -> None:
-        """End the streams as soon as the server is told to exit, then let it handle that.
-
-        Only in the main thread, where the server installed its handlers; `unwatch_exit_signals`
-        puts them back.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            if not callable(previous):
-                continue
-
-            def on_exit(
-                number: int, frame: FrameType | None, previous: Callable[..., Any] = previous
-            ) -> None:
-                loop.call_soon_threadsafe(self.close_all)
-                previous(number, frame)
-
-            signal.signal(signum, on_exit)
-            self._restore[signum] = previous
-
-    def unwatch_exit_signals(self) -> None:
-        for signum, previous in self._restore.items():
-            with contextlib.suppress(ValueError):
-                signal.signal(signum, previous)
-        self._restore.clear()
