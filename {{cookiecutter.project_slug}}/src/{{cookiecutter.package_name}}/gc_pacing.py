@@ -23,9 +23,10 @@ nor does a bad frame. So `GcPacer`:
   collected while young;
 - collects fully only as a safety valve, when the frozen objects (`gc.get_freeze_count()`:
   the tracked objects alive, or frozen as garbage) have grown by `growth_percent` since the
-  last full collection, like Go's GOGC: cyclic garbage frozen before it became garbage, which
-  no young collection reaches, is bounded by that share of the live heap whatever clients do,
-  and a full collection costs a constant amount per object grown, however often it is forced.
+  last full collection, like Go's GOGC: cyclic garbage that no young collection reached before
+  it was frozen (with the threshold this high, most of it) is bounded by that share of the
+  live heap whatever clients do, and a full collection costs a constant amount per object
+  grown, however often it is forced.
   While a process grows (connections opening) the valve runs each time it has grown by that
   share, each pause in proportion to the process then; at a steady number of connections it
   does not run at all. Each run is logged, with its reason.
@@ -43,7 +44,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["GcPacer"]
+__all__ = ["YOUNG_THRESHOLD", "GcPacer"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ class GcPacer:
         if self.log and self._on_collection not in gc.callbacks:
             gc.callbacks.append(self._on_collection)
         if self.growth_percent > 0 and self._task is None:
-            # Before any connection (the pacer starts before the server accepts): the modules
-            # and the app, collected once and frozen, nothing to reclaim there ever again.
-            self._collect_fully()
+            # The modules and the app: nothing to reclaim there, ever. Frozen, not collected
+            # first: a pause at every start (every test's app) for the little garbage of imports.
+            gc.freeze()
+            self._base = gc.get_freeze_count()
             self._thresholds = gc.get_threshold()
             gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
             self._task = asyncio.create_task(self._pace(), name="gc-pacer")
@@ -134,7 +136,7 @@ class GcPacer:
         # WARNING: a pause in proportion to the whole process, rare by design: seen at any level.
         logger.warning(
             "gc full collection: %d objects frozen, over the limit of %d (%d after the last full "
-            "collection plus %g%%): collected=%d pause_ms=%.0f, %d frozen after it",
+            "collection, or at start, plus %g%%): collected=%d pause_ms=%.0f, %d frozen after it",
             frozen,
             limit,
             base,
@@ -146,6 +148,7 @@ class GcPacer:
         return True
 
     def _collect_fully(self) -> int:
+        # Unfrozen first: only then does a collection examine, and free, what was frozen.
         gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
