@@ -122,6 +122,16 @@ async def test_log_reports_every_collection_with_its_pause_until_stopped(
     assert "gc pause:" not in caplog.text, "stopping removes the hook"
 
 
+async def test_with_the_log_pacing_opens_with_a_logged_full_collection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pacer = GcPacer(growth_percent=100, freeze_every=NEVER, log=True)
+    pacer.start()
+    await pacer.stop()
+    pauses = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gc pause:")]
+    assert any("generation=2" in pause for pause in pauses), caplog.text
+
+
 async def test_log_off_by_default_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
     pacer = GcPacer(growth_percent=0)
     pacer.start()

@@ -97,9 +97,14 @@ class GcPacer:
             gc.callbacks.append(self._on_collection)
         if self.growth_percent > 0 and self._task is None:
             # The modules and the app: nothing to reclaim there, ever. Frozen, not collected
-            # first: a pause at every start (every test's app) for the little garbage of imports.
-            gc.freeze()
-            self._base = gc.get_freeze_count()
+            # first (a pause at every start, every test's app, for the little garbage of
+            # imports), unless pauses are logged: then the log opens with what a full
+            # collection costs before any client, and shows that it works.
+            if self.log:
+                self._collect_fully()
+            else:
+                gc.freeze()
+                self._base = gc.get_freeze_count()
             self._thresholds = gc.get_threshold()
             gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
             self._task = asyncio.create_task(self._pace(), name="gc-pacer")
