@@ -42,7 +42,7 @@ class ServerSettings(BaseSettings):
     # Off by default: each subscriber gets its own compressor, so a broadcast would be
     # compressed once per client, roughly doubling CPU and memory per connection.
     per_message_deflate: bool = False
-    # A full garbage collection only once the objects alive (or frozen as garbage) have grown
+    # A full garbage collection only once Python's memory (objects alive, or garbage) has grown
     # by this percentage since the last one, like Go's GOGC (gc_pacing.py); 0 leaves CPython's
     # own schedule, under which a collection can stall every connection at any moment.
     gc_growth_percent: float = Field(default=100.0, ge=0)
