@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         for feature in features:
             feature.on_open(connection, websocket)
 
-    gc_pacer = GcPacer(settings.server.gc_full_collect_seconds, log=settings.server.gc_log)
+    gc_pacer = GcPacer(settings.server.gc_growth_percent, log=settings.server.gc_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -206,6 +206,9 @@ class Endpoint:
             try:
                 message, handler = self.protocol.decode(text)
                 await handler(connection, message)
+                # Else the idle loop holds the last one (a model and its fields' set) until the
+                # next: objects per connection, young ones after every pong (gc_pacing.py).
+                del message, handler
             except ErrorReply as error:
                 connection.offer(error_frame(error.code, error.detail))
             except Exception:

@@ -258,7 +258,11 @@ class WriteScheduler:
                 break
             count += 1
         if count == len(outbox):
-            batch, connection._outbox = outbox, []
+            # A copy, not a fresh outbox: the connection's own list stays the long-lived one, so
+            # a broadcast leaves no new object per connection for the young collections to walk
+            # (CPython's counter does not see one replacing another; gc_pacing.py).
+            batch = outbox.copy()
+            outbox.clear()
         else:
             batch = outbox[:count]
             del outbox[:count]
