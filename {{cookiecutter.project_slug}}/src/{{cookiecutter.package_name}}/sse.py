@@ -43,7 +43,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .feature import Core, Feature
-from .history import RESYNC, Seam, order, parse_cursor
+from .history import Seam, order, parse_cursor
 from .hub import Connection, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
