@@ -94,8 +94,9 @@ HISTORY_FIELD = "frame"
 # history length (0: none), field, key window in ms (0: no key), the stream's expiry in ms (0:
 # none), refreshed by every message, so an idle room's history goes (HISTORY_TTL_SECONDS).
 # Returns {1, id} when published, {0, the earlier message's id} for a key already used; the id
-# is '' without a history. Trimming is approximate (~), which Redis does cheaply in whole nodes; the history's
-# reader checks the real oldest id, so a client never gets a gap it is not told about.
+# is '' without a history. Trimming is approximate (~), which Redis does cheaply in whole
+# nodes; the history's reader checks the real oldest id, so a client never gets a gap it is
+# not told about.
 PUBLISH_SCRIPT = """
 local marker = nil
 if ARGV[5] ~= '0' then
