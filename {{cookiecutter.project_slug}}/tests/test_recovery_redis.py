@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 import pytest
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -82,3 +83,21 @@ async def test_a_client_of_a_killed_process_resumes_on_another_with_every_messag
             await streaming
             await client.close()
     assert received == list(range(TOTAL)), received
+
+
+async def test_an_idle_rooms_history_expires_in_redis(
+    start_server: StartServer, running_redis: RedisServer
+) -> None:
+    server = start_server(REDIS_URL=running_redis.url, HISTORY_TTL_SECONDS="30")
+    async with server.connect() as ws:
+        await next_message(ws)
+        await publish(ws, "kept for a while")
+        assert (await next_message(ws))["data"] == "kept for a while"
+    redis = Redis.from_url(running_redis.url, decode_responses=True)
+    try:
+        keys = await redis.keys("*:history")
+        assert len(keys) == 1, keys
+        # Refreshed by every message: the room's history goes 30 s after its last one.
+        assert 0 < await redis.pttl(keys[0]) <= 30_000
+    finally:
+        await redis.aclose()
