@@ -10,17 +10,24 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+{%- if cookiecutter.use_rooms %}
 from fastapi.testclient import TestClient
+{%- endif %}
 from websockets.asyncio.client import ClientConnection, connect
-
+{% if cookiecutter.use_rooms %}
 from {{ cookiecutter.package_name }}.app import create_app
+{%- endif %}
 from {{ cookiecutter.package_name }}.history import LocalHistory
+{%- if cookiecutter.use_rooms %}
 from {{ cookiecutter.package_name }}.permissions import RoomGrants
+{%- endif %}
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
+{%- if cookiecutter.use_rooms %}
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- endif %}
 
 from .conftest import Server, StartServer
-from .messages import next_message, receive
+from .messages import next_message{% if cookiecutter.use_rooms %}, receive{% endif %}
 
 pytestmark = pytest.mark.anyio
 
