@@ -39,6 +39,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "tests/test_redis_faults.py",
         "src/{package_name}/presence_redis.py",
         "tests/test_presence_redis.py",
+        "tests/test_recovery_redis.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .broker import BrokerSettings, PublishSettings
 from .capacity import CapacitySettings
 from .features import FeatureSettings
+from .history import HistorySettings
 from .hub import HubSettings
 from .logs import LogFormat
 
@@ -62,3 +63,4 @@ class Settings(FeatureSettings):
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)

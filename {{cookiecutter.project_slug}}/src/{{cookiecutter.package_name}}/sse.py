@@ -5,9 +5,10 @@ given an event id once, when it was published (by the broker), so WebSocket and 
 subscribers in every process see the same id. The SSE `id:` of an event is the stream's cursor:
 the last event id of every room of the stream (`a=17&b=9`), which the browser sends back as
 `Last-Event-ID` when it reconnects. The stream then first replays, from each room's bounded
-history, exactly the events after the cursor, in order, then goes live. A room whose position
-is older than its history (or unknown, e.g. after an in-memory history was lost to a restart)
-gets one `resync` event instead of a silent gap.
+history, exactly the events after the cursor, in order, then goes live: the replay and its seam
+are the WebSocket's (history.Recovery). A room whose position is older than its history (or
+unknown, e.g. after an in-memory history was lost to a restart) gets one `resync` event
+instead of a silent gap.
 
 An SSE stream is a hub `Connection` whose transport is the HTTP response (`EventStream`): rooms,
 broker subscriptions (Redis too), the bounded outbox and the slow-consumer policy are the
@@ -39,20 +40,18 @@ from starlette.types import Message, Receive, Scope, Send
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
 from .exit_signals import on_exit_signal
 from .feature import Core, Feature
-from .history import History, order, parse_cursor
+from .history import Seam, order, parse_cursor
 from .hub import Connection, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .permissions import require_join
-from .protocol import DEFAULT_ROOM, ErrorReply, encode, with_id
+from .protocol import DEFAULT_ROOM, ErrorReply, encode
 from .publishing import check_room_or_422, publish_router
 
 __all__ = ["EventStream", "ServerSentEvents", "SseSettings"]
 
 logger = logging.getLogger(__name__)
 
-# The SSE `event:` of the frame telling a client its position in some rooms is lost.
-RESYNC = "resync"
 # The last event of a stream the server ended, with the WebSocket close code it would have used
 # (4001: the credentials expired, sign in again; 1012: the server is restarting).
 CLOSE = "close"
@@ -65,9 +64,6 @@ _COMMENT_PING = Frame("ping", type=_COMMENT)
 class SseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SSE_", env_file=".env", extra="ignore")
 
-    # Events kept per room for clients that reconnect with Last-Event-ID; a client away for
-    # longer than this many events of one room gets a `resync` event for it.
-    history_size: int = Field(default=1000, ge=1)
     # Seconds between comment pings: they keep idle streams open through proxies.
     ping_interval_seconds: float = Field(default=15.0, gt=0)
     # The `retry:` hint: how long a browser's EventSource waits before reconnecting.
@@ -104,10 +100,6 @@ class EventStream(Response):
         self.rooms = rooms
         self.cursor = dict(cursor)
         self._send: Send | None = None
-        # Ids replayed from the history that may also arrive live: each is dropped once. Not
-        # "every id up to the cursor", which would hold only while ids are given in delivery
-        # order: true of both histories here, but not a promise a History makes.
-        self._replayed: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
@@ -120,8 +112,8 @@ class EventStream(Response):
             policy=settings.slow_consumer_policy,
             batch_bytes=settings.batch_bytes,
         )
-        # Members first, then the history: what is published meanwhile is queued in the outbox
-        # and either replayed or live, never neither; `_replayed` drops what would be both.
+        # Members first, then the history (history.Recovery): what is published meanwhile is
+        # held and either replayed or live, never neither, and never both.
         sse.hub.add(connection)
         sse.streams.add(connection)
         # Expired credentials end the stream, as they close a WebSocket.
@@ -131,6 +123,8 @@ class EventStream(Response):
         try:
             for room in self.rooms:
                 sse.hub.join(connection, room)
+            # In the step of the joins: no frame can reach the stream before its replay.
+            seams = sse.recovery.begin(connection, self.cursor)
             try:
                 await sse.listening(self.rooms)
             except ErrorReply as unavailable:
@@ -142,7 +136,9 @@ class EventStream(Response):
             started = log_connection_opened(connection, "sse", scope.get("client"))
             await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
             tasks = [
-                asyncio.create_task(self._deliver(connection), name=f"writer-{connection.id}"),
+                asyncio.create_task(
+                    self._deliver(connection, seams), name=f"writer-{connection.id}"
+                ),
                 asyncio.create_task(self._ping(connection), name=f"ping-{connection.id}"),
                 asyncio.create_task(_disconnected(receive), name=f"receive-{connection.id}"),
             ]
@@ -183,39 +179,17 @@ class EventStream(Response):
         except Exception:
             pass  # a send on a socket the client already dropped: expected, quiet
 
-    async def _deliver(self, connection: Connection) -> None:
-        """The missed events, then the live ones: the only code that writes events."""
-        try:
-            await self._replay()
-        except ErrorReply as unavailable:  # the history did not answer: resume later
-            connection.close(status.WS_1013_TRY_AGAIN_LATER, unavailable.detail)
-            return
-        # Cancelling this task (the stream ends) cancels the writer it waits for.
-        await connection.start_writer()
-
-    async def _replay(self) -> None:
-        missed: list[tuple[tuple[int, ...], str, str, str]] = []
-        lost: list[str] = []
-        if any(room in self.cursor for room in self.rooms):
+    async def _deliver(self, connection: Connection, seams: dict[str, Seam]) -> None:
+        """The missed events, then the live ones: the writer writes them all, in order."""
+        if self.cursor:
             SSE_RESUMES.inc()
-        for room in self.rooms:
-            last_id = self.cursor.get(room)
-            if last_id is None:
-                continue
-            events = await self.sse.history.since(room, last_id) if last_id else None
-            if events is None:
-                lost.append(room)
-                del self.cursor[room]
-                continue
-            missed += [(order(event_id), room, event_id, frame) for event_id, frame in events]
+        lost = await self.sse.recovery.finish(connection, self.cursor, seams)
         if lost:
             SSE_RESYNCS.inc(len(lost))
-            detail = "events were missed and are no longer kept: reload the state of these rooms"
-            frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
-            await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
-        for _, room, event_id, frame in sorted(missed):
-            self._replayed.add(event_id)
-            await self._write(self._event("message", room, event_id, with_id(frame, event_id)))
+            for room in lost:
+                del self.cursor[room]
+        # Cancelling this task (the stream ends) cancels the writer it waits for.
+        await connection.start_writer()
 
     def _event(self, event: str, room: str, event_id: str, frame: str) -> str:
         # The cursor only moves forward, so a resume never replays what was already sent.
@@ -236,16 +210,10 @@ class EventStream(Response):
     def _event_for(self, frame: Frame) -> str:
         """The SSE text of one hub frame; empty for frames the stream has sent already."""
         if frame.type == _COMMENT:
-            # A ping interval after the replay, every message stored before it was read has
-            # long reached the broker: none can arrive twice any more.
-            self._replayed.clear()
             return f": {frame.text}\n\n"
         room, event_id = frame.room, frame.event_id
         if room is None or event_id is None:
             return f"event: {frame.type}\ndata: {frame.text}\n\n"
-        if self._replayed and event_id in self._replayed:
-            self._replayed.discard(event_id)
-            return ""
         seen = self.cursor.get(room)
         if seen is not None and order(event_id) <= order(seen):
             # Sent already: a broker filling its gap after an outage repeats what it missed,
@@ -284,11 +252,9 @@ class ServerSentEvents(Feature):
     """The `/sse` and `/publish` routes, and the open streams of this process."""
 
     def __init__(self, core: Core, settings: SseSettings) -> None:
-        if core.history is None:
-            raise ValueError("SSE resumes from a history: the core must keep one")
         self.core = core
         self.hub = core.hub
-        self.history: History = core.history
+        self.recovery = core.recovery
         self.settings = settings
         self.hub_settings = core.hub_settings
         self.identify = http_user(core.identify)
