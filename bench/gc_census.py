@@ -12,7 +12,7 @@ Not part of bench/run.py: a diagnostic for gc_pacing.py's figures.
 
 The server runs in this process (uvicorn, the template's protocol, the app's settings); the
 clients in a child process (websockets), answering pings with pongs. The pacer is off
-(SERVER_GC_FULL_COLLECT_SECONDS=0) so that gc.get_objects() sees everything.
+(SERVER_GC_GROWTH_PERCENT=0) so that gc.get_objects() sees everything.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections import Counter
 PACED = os.environ.get("PACED")  # the app's own pacer, freezing every PACED seconds
 if not PACED:
     os.environ["SERVER_GC_GROWTH_PERCENT"] = "0"
-    os.environ["SERVER_GC_FULL_COLLECT_SECONDS"] = "0"
+    os.environ["SERVER_GC_GROWTH_PERCENT"] = "0"
 os.environ.setdefault("HEARTBEAT_INTERVAL_SECONDS", "100000")
 os.environ.setdefault("HEARTBEAT_TIMEOUT_SECONDS", "100000")
 os.environ.setdefault("HUB_MAX_CONNECTIONS", "100000")

@@ -93,6 +93,24 @@ async def test_the_pacer_freezes_on_its_own() -> None:
         await pacer.stop()
 
 
+async def test_two_apps_pace_one_collector_and_the_last_to_stop_restores_it() -> None:
+    # Tests (and any process with two apps) start and stop pacers in any order: the first
+    # app to stop must not unfreeze, or reset the threshold under, the one still serving.
+    before = gc.get_threshold()
+    first = GcPacer(growth_percent=100, freeze_every=NEVER)
+    second = GcPacer(growth_percent=100, freeze_every=NEVER)
+    first.start()
+    second.start()
+    try:
+        await first.stop()
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD, "still pacing for the second app"
+        assert gc.get_freeze_count() > 0, "its survivors still frozen"
+    finally:
+        await second.stop()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
 async def test_zero_leaves_cpythons_schedule() -> None:
     thresholds = gc.get_threshold()
     pacer = GcPacer(growth_percent=0)

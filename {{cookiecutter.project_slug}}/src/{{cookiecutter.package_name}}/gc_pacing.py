@@ -56,6 +56,21 @@ logger = logging.getLogger(__name__)
 YOUNG_THRESHOLD = 100_000
 
 
+class _ProcessState:
+    """The collector is the process's, not an app's: what pacing changed in it, and how many
+    pacers (one per app; tests build several in one process) are pacing. The first to start
+    changes it, the last to stop puts it back, so no app unfreezes another's objects."""
+
+    def __init__(self) -> None:
+        self.pacers = 0
+        self.thresholds: tuple[int, int, int] = gc.get_threshold()  # CPython's, while pacing
+        # The memory blocks right after the last full collection: what the valve grows from.
+        self.base = 0
+
+
+_process = _ProcessState()
+
+
 class GcPacer:
     """Freezes survivors every `freeze_every` seconds and collects fully only when the frozen
     objects have grown by `growth_percent` since the last full collection (or start);
@@ -70,14 +85,11 @@ class GcPacer:
         self.log = log
         self._task: asyncio.Task[None] | None = None
         self._started_ns = 0
-        # The memory blocks right after the last full collection: what the valve grows from.
-        self._base = 0
-        self._thresholds: tuple[int, int, int] | None = None  # CPython's, while pacing
 
     @property
     def limit(self) -> int:
         """The memory blocks past which the next `step` runs a full collection."""
-        return int(self._base * (1 + self.growth_percent / 100))
+        return int(_process.base * (1 + self.growth_percent / 100))
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         # Called by CPython before and after each collection, on the thread that collects.
@@ -102,17 +114,20 @@ class GcPacer:
             # first (a pause at every start, every test's app, for the little garbage of
             # imports), unless pauses are logged: then the log opens with what a full
             # collection costs before any client, and shows that it works.
-            if self.log:
-                self._collect_fully()
-            else:
-                gc.freeze()
-                self._base = _blocks()
-            self._thresholds = gc.get_threshold()
-            gc.set_threshold(YOUNG_THRESHOLD, *self._thresholds[1:])
+            if _process.pacers == 0:
+                if self.log:
+                    self._collect_fully()
+                else:
+                    gc.freeze()
+                    _process.base = _blocks()
+                _process.thresholds = gc.get_threshold()
+                gc.set_threshold(YOUNG_THRESHOLD, *_process.thresholds[1:])
+            _process.pacers += 1
             self._task = asyncio.create_task(self._pace(), name="gc-pacer")
 
     async def stop(self) -> None:
-        """Stop pacing and undo the freeze and the threshold."""
+        """Stop pacing; the last pacer of the process to stop undoes the freeze and the
+        threshold."""
         if self._on_collection in gc.callbacks:
             gc.callbacks.remove(self._on_collection)
         if self._task is not None:
@@ -120,10 +135,10 @@ class GcPacer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._thresholds is not None:  # it was pacing
-            gc.unfreeze()
-            gc.set_threshold(*self._thresholds)
-            self._thresholds = None
+            _process.pacers -= 1
+            if _process.pacers == 0:  # the last pacer: the collector is CPython's again
+                gc.unfreeze()
+                gc.set_threshold(*_process.thresholds)
 
     async def _pace(self) -> None:
         while True:
@@ -138,7 +153,7 @@ class GcPacer:
         limit = self.limit
         if blocks <= limit:
             return False
-        base, started = self._base, time.perf_counter()
+        base, started = _process.base, time.perf_counter()
         collected = self._collect_fully()
         # WARNING: a pause in proportion to the whole process, rare by design: seen at any level.
         logger.warning(
@@ -150,7 +165,7 @@ class GcPacer:
             self.growth_percent,
             collected,
             (time.perf_counter() - started) * 1e3,
-            self._base,
+            _process.base,
         )
         return True
 
@@ -159,7 +174,7 @@ class GcPacer:
         gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
-        self._base = _blocks()
+        _process.base = _blocks()
         return collected
 
 
