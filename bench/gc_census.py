@@ -28,7 +28,6 @@ from collections import Counter
 PACED = os.environ.get("PACED")  # the app's own pacer, freezing every PACED seconds
 if not PACED:
     os.environ["SERVER_GC_GROWTH_PERCENT"] = "0"
-    os.environ["SERVER_GC_GROWTH_PERCENT"] = "0"
 os.environ.setdefault("HEARTBEAT_INTERVAL_SECONDS", "100000")
 os.environ.setdefault("HEARTBEAT_TIMEOUT_SECONDS", "100000")
 os.environ.setdefault("HUB_MAX_CONNECTIONS", "100000")
