@@ -16,7 +16,7 @@ import asyncio
 import enum
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field
@@ -63,13 +63,17 @@ class Frame:
     `room` and `event_id`: where a room's message came from and the id it got as it was
     published (None for frames addressed to one client, and for messages without ids); `type`:
     the message's type, which SSE names its event by (the `welcome`, `error` and other frames
-    addressed to one WebSocket client leave it at "message", unread).
+    addressed to one WebSocket client leave it at "message", unread). `encoded`: what a
+    transport made of the frame that every client of it gets alike, by transport, made by the
+    first client that needs it: a broadcast offers one Frame to every member, so the work is
+    done once per message, not once per client, and lives as long as the frame is queued.
     """
 
     text: str
     room: str | None = None
     event_id: str | None = None
     type: str = "message"
+    encoded: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Transport(Protocol):
