@@ -91,7 +91,8 @@ class Transport(Protocol):
     def try_write(self, frames: list[Frame]) -> bool:
         """Write the batch now, without waiting: True if it was written; False, with nothing
         written, if the write would have to wait (the client's buffer is full, the socket is
-        closing). An exception means the transport is broken: the connection closes (1011)."""
+        closing). An exception means the transport is broken: the connection closes (1011).
+        The list is the caller's, and may be every client's of a broadcast: not to be kept."""
         ...
 
     async def write(self, frames: list[Frame]) -> None:
@@ -172,11 +173,13 @@ class WriteScheduler:
     def deliver(self, members: tuple[Connection, ...], frame: Frame) -> int:
         """Offer a frame to each of `members`; return how many took it."""
         loop = asyncio.get_running_loop()
-        at_once = not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS
-        offer = self.offer
-        taken = 0
-        for member in members:
-            taken += offer(member, frame, at_once)
+        if not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS:
+            taken = self._write_at_once(members, frame)
+        else:
+            offer = self.offer
+            taken = 0
+            for member in members:
+                taken += offer(member, frame)
         self._last_busy = loop.time()
         return taken
 
@@ -185,14 +188,11 @@ class WriteScheduler:
 
         `at_once`: write it now if the transport takes it without waiting and nothing is queued
         before it (`deliver` asks this after a quiet spell)."""
+        if at_once:
+            return self._write_at_once((connection,), frame) == 1
         if connection.state is not ConnectionState.OPEN:
             return False
         outbox = connection._outbox
-        if at_once and not outbox and connection._writer_idle():
-            if self._try_write(connection, [frame]):
-                return True
-            if connection.state is not ConnectionState.OPEN:
-                return False  # the write failed
         if len(outbox) >= connection._outbox_limit:
             if connection._policy is SlowConsumerPolicy.CLOSE:
                 connection.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
@@ -207,6 +207,32 @@ class WriteScheduler:
             else:
                 connection._wake_writer()
         return True
+
+    def _write_at_once(self, members: tuple[Connection, ...], frame: Frame) -> int:
+        """Write the frame now to each member whose transport takes it without waiting and
+        that has nothing queued before it, in one loop as `websockets.broadcast()` does; queue
+        it for the others (`offer`). Return how many took it. The loop is the cost of an
+        unbatched broadcast beside the writes themselves, per member: so it is written out
+        here, one list for every member's batch (a transport must not keep it), rather than
+        through `offer` and `_try_write`."""
+        batch = [frame]
+        offer = self.offer
+        is_open = ConnectionState.OPEN
+        taken = 0
+        for member in members:
+            if member.state is is_open and not member._outbox:
+                waiting = member._waiting  # the writer idle: `Connection._writer_idle`
+                if waiting is not None and not waiting.done():
+                    try:
+                        written = member.transport.try_write(batch)
+                    except Exception:
+                        member.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+                        continue
+                    if written:
+                        taken += 1
+                        continue
+            taken += offer(member, frame)
+        return taken
 
     def _flush(self) -> None:
         unflushed, self._unflushed = self._unflushed, []
