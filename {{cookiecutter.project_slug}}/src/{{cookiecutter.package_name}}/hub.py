@@ -73,7 +73,7 @@ class Frame:
     room: str | None = None
     event_id: str | None = None
     type: str = "message"
-    encoded: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Transport(Protocol):

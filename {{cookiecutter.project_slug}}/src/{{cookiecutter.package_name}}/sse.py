@@ -64,7 +64,7 @@ CLOSE = "close"
 # before it. No message has it: only rooms' messages and resyncs reach a stream.
 _COMMENT = "comment"
 _COMMENT_PING = Frame("ping", type=_COMMENT)
-# The key of a frame's SSE text in `Frame.encoded`.
+# The key of a frame's SSE event in `Frame.encoded`.
 _SSE = "sse"
 # `order` of the ids being compared, each parsed once, not twice per event per stream: a
 # broadcast's id is one string for every stream, and each stream's last id is the one before.
@@ -246,46 +246,53 @@ class EventStream(Response):
         body = self._body
         if body is None or not body.writable():
             return False  # nothing rendered: the writer renders the batch once, in order
-        text = "".join([self._event_for(frame) for frame in frames])
-        if text:
-            body.send_now(text.encode())
+        events = self._events(frames)
+        if events:
+            body.send_now(events)
         return True
 
     async def write(self, frames: list[Frame]) -> None:
         """Hub frames become SSE events, in one write."""
-        text = "".join([self._event_for(frame) for frame in frames])
-        if text:
-            await self._write(text)
+        events = self._events(frames)
+        if events:
+            assert self._send is not None
+            await self._send({"type": "http.response.body", "body": events, "more_body": True})
 
-    def _event_for(self, frame: Frame) -> str:
-        """The SSE text of one hub frame; empty for frames the stream has sent already."""
+    def _events(self, frames: list[Frame]) -> bytes:
+        if len(frames) == 1:
+            return self._event_for(frames[0])
+        return b"".join([self._event_for(frame) for frame in frames])
+
+    def _event_for(self, frame: Frame) -> bytes:
+        """The SSE bytes of one hub frame; empty for frames the stream has sent already."""
         if frame.type == _COMMENT:
             # A ping interval after the replay, every message stored before it was read has
             # long reached the broker: none can arrive twice any more.
             self._replayed.clear()
-            return f": {frame.text}\n\n"
+            return f": {frame.text}\n\n".encode()
         room, event_id = frame.room, frame.event_id
         if room is None or event_id is None:
-            return f"event: {frame.type}\ndata: {frame.text}\n\n"
+            return f"event: {frame.type}\ndata: {frame.text}\n\n".encode()
         if self._replayed and event_id in self._replayed:
             self._replayed.discard(event_id)
-            return ""
+            return b""
         cursor = self.cursor
         seen = cursor.get(room)
         if seen is not None and _order(event_id) <= _order(seen):
             # Sent already: a broker filling its gap after an outage repeats what it missed,
             # which a stream that opened meanwhile may have replayed from the history.
-            return ""
+            return b""
         cursor[room] = event_id
         if len(cursor) > 1:
-            return _event_text(urlencode(cursor), frame.type, frame.text)
+            return _event_text(urlencode(cursor), frame.type, frame.text).encode()
         # The cursor is this room's alone, as on every stream of one room: the event is then
-        # the same text on each of them, made by the first and shared (a broadcast offers one
-        # Frame to all), instead of an id, an event and a copy of the data per stream.
-        text = frame.encoded.get(_SSE)
-        if text is None:
-            text = frame.encoded[_SSE] = _event_text(urlencode(cursor), frame.type, frame.text)
-        return text
+        # the same bytes on each of them, made by the first and shared (a broadcast offers one
+        # Frame to all), instead of an id, an event and an encoded copy of the data per stream.
+        event = frame.encoded.get(_SSE)
+        if event is None:
+            text = _event_text(urlencode(cursor), frame.type, frame.text)
+            event = frame.encoded[_SSE] = text.encode()
+        return event
 
     async def _write(self, text: str) -> None:
         assert self._send is not None
