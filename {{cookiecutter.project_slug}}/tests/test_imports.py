@@ -67,3 +67,10 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(module: str) -> None:
         [sys.executable, "-c", f"import {NAME}.{module}"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_only_the_composition_root_and_the_command_line_read_the_settings() -> None:
+    # A feature gets its own settings group passed in; one that imported settings.py would
+    # depend on every other feature's settings too.
+    readers = {module for module in MODULES if "settings" in local_imports(module)}
+    assert readers == {"app", "__main__"}

@@ -30,6 +30,16 @@ def test_a_settings_error_names_the_environment_variable(
 def test_the_command_line_refuses_workers_with_reload(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--workers", "2", "--reload"]) == 2
     assert capsys.readouterr().err.startswith("error: --reload serves one process")
+
+
+def test_a_broker_url_this_service_cannot_serve_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BROKER_URL", "nats://127.0.0.1:4222")
+    assert main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: BROKER_URL: no broker for nats:// in this service"), error
+    assert error.count("\n") == 1, "one line"
 {%- if not cookiecutter.use_redis %}
 
 

@@ -8,11 +8,17 @@ import logging
 
 import pytest
 
-from {{ cookiecutter.package_name }}.broker import LocalBroker
+from {{ cookiecutter.package_name }}.broker import (
+    AlreadyPublished,
+    BrokerUnavailable,
+    LocalBroker,
+    PublishOutcomeUnknown,
+)
 from {{ cookiecutter.package_name }}.hub import Connection, Hub
 from {{ cookiecutter.package_name }}.protocol import (
     MAX_DEPTH,
     ErrorCode,
+    ErrorReply,
     Protocol,
     ProtocolError,
     Publish,
@@ -187,3 +193,16 @@ async def test_a_publish_without_a_frame_is_refused_to_its_sender_alone(
     [record_] = caplog.records
     assert record_.levelno == logging.WARNING
     assert sender.id in record_.getMessage()
+
+
+def test_a_broker_failure_is_an_error_reply_but_no_client_mistake() -> None:
+    failures = [BrokerUnavailable("down"), PublishOutcomeUnknown("late"), AlreadyPublished("1-1")]
+    for failure in failures:
+        assert isinstance(failure, ErrorReply), "the client is told, with a frame or a status"
+        assert not isinstance(failure, ProtocolError), failure
+    # Their codes are part of the protocol: stable.
+    assert [failure.code for failure in failures] == [
+        "broker_unavailable",
+        "publish_outcome_unknown",
+        "already_published",
+    ]

@@ -49,8 +49,8 @@ def server_garbage() -> Counter[str]:
 async def test_closed_connections_leave_no_reference_cycles(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # No paced full collections (they would free the cycles this test looks for).
-    monkeypatch.setenv("SERVER_GC_FULL_COLLECT_SECONDS", "0")
+    # No pacer's full collections (they would free the cycles this test looks for).
+    monkeypatch.setenv("SERVER_GC_GROWTH_PERCENT", "0")
     port = free_port()
     config = uvicorn.Config(
         create_app(Settings()),

@@ -5,9 +5,11 @@ is the connection's transport, reached through its scope extension."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +86,12 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once(defla
         ws_per_message_deflate=deflate,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        async with connect(f"ws://127.0.0.1:{port}/") as ws:  # offers compression
-            extensions = [type(extension).__name__ for extension in ws.protocol.extensions]
-            assert extensions == (["PerMessageDeflate"] if deflate else [])
-            # Iteration ends at the server's normal close.
-            received = await asyncio.wait_for(receive_all(ws), 5)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
+    # The client offers compression.
+    async with serving(config), connect(f"ws://127.0.0.1:{port}/") as ws:
+        extensions = [type(extension).__name__ for extension in ws.protocol.extensions]
+        assert extensions == (["PerMessageDeflate"] if deflate else [])
+        # Iteration ends at the server's normal close.
+        received = await asyncio.wait_for(receive_all(ws), 5)
     assert answers == {
         "before accept": False,
         "open": True,
@@ -108,6 +101,22 @@ async def test_send_text_now_sends_only_when_send_would_go_through_at_once(defla
         "after close": False,
     }
     assert received == ["premier é", medium, large]
+
+
+@contextlib.asynccontextmanager
+async def serving(config: uvicorn.Config) -> AsyncIterator[None]:
+    """A uvicorn server in this event loop, for as long as the block runs."""
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
 
 
 async def server_side(hub: Hub) -> Connection:
@@ -128,13 +137,7 @@ async def test_each_route_of_the_write_path_on_a_real_server(protocol: Any) -> N
     hub: Hub = app.state.hub
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=protocol, log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
+    async with serving(config):
         async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
             assert (await next_message(ws))["type"] == "welcome"
             connection = await server_side(hub)
@@ -163,9 +166,6 @@ async def test_each_route_of_the_write_path_on_a_real_server(protocol: Any) -> N
             assert isinstance(transport, WebSocketProtocol)
             # Held only while the app runs: the scope refers to the protocol, a cycle otherwise.
             assert transport_of(transport.scope) is None
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
 
 
 class WithoutDisconnected(WebSocketsSansIOProtocol):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from .broker import MEMORY, broker_scheme
-from .features import COMMANDS
+from .features import COMMANDS, provided
 from .logs import log_config
 from .settings import Settings
 from .ws_protocol import serving_protocol
@@ -69,6 +69,10 @@ def refusal_to_serve(settings: Settings, *, reload: bool) -> str | None:
     if server.workers > 1 and reload:
         return "--reload serves one process: it cannot be combined with --workers above 1"
     with_redis = has_group(settings, "redis")
+    served = ("memory", *provided(settings).brokers)
+    if (scheme := broker_scheme(settings.broker.url, with_redis)) not in served:
+        known = ", ".join(f"{name}://" for name in served)
+        return f"BROKER_URL: no broker for {scheme}:// in this service (it has {known})"
     if server.workers > 1 and broker_scheme(settings.broker.url, with_redis) == "memory":
         # Each worker would have rooms of its own, and a message would reach only the clients
         # of the worker it was sent to, silently.

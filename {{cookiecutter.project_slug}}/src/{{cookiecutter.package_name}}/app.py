@@ -22,6 +22,7 @@ from .feature import Core, Feature
 from .features import chosen, provided
 from .gc_pacing import GcPacer
 from .health import Readiness, health_router
+from .history import Recovery
 from .hub import Connection, Hub
 from .identity import anonymous
 from .log_redaction import install_log_filters
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     capacity = Capacity(hub, settings.capacity)
     readiness.add_check("capacity", capacity.has_room)
     broker, history = open_broker(
-        settings.broker.url, lent.brokers, hub, lent.history_size, settings.publish
+        settings.broker.url, lent.brokers, hub, settings.history, settings.publish
     )
     if broker.name != "memory":
         readiness.add_check(broker.name, lambda: broker.ready)
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         protocol=protocol,
         broker=broker,
         history=history,
+        recovery=Recovery(hub, history, broker.listening),
         publisher=publisher,
         readiness=readiness,
         identify=capacity.guard(authorized),
@@ -83,7 +85,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         for feature in features:
             feature.on_open(connection, websocket)
 
-    gc_pacer = GcPacer(settings.server.gc_full_collect_seconds, log=settings.server.gc_log)
+    gc_pacer = GcPacer(settings.server.gc_growth_percent, log=settings.server.gc_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,8 +104,7 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
         readiness.shutting_down = True
         hub.close_all(status.WS_1001_GOING_AWAY, "server shutting down")
         await broker.close()
-        if history is not None:
-            await history.close()
+        await history.close()
 
     app = RealtimeApp(
         title=NAME,

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .history import History, LocalHistory
+from .history import History, HistorySettings, LocalHistory
 from .hub import Hub
-from .protocol import ProtocolError, encode, with_id
+from .protocol import ServiceError, encode, with_id
 
 __all__ = [
     "MEMORY",
@@ -42,7 +42,7 @@ __all__ = [
 # What became of a publish: the message's event id (None when messages get none), or
 # BrokerUnavailable, PublishOutcomeUnknown or AlreadyPublished.
 Sent = asyncio.Future[str | None]
-# Records a frame as a room's newest event and returns its id (the SSE feature's history).
+# Records a frame as a room's newest event and returns its id (the history's `append`).
 Stamp = Callable[[str, str], str]
 
 
@@ -83,21 +83,21 @@ class BrokerErrorCode(enum.StrEnum):
     ALREADY_PUBLISHED = "already_published"
 
 
-class BrokerUnavailable(ProtocolError):
+class BrokerUnavailable(ServiceError):
     """A publish that was not handed on: nobody got it. The sender gets an error frame."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(BrokerErrorCode.BROKER_UNAVAILABLE, detail)
 
 
-class PublishOutcomeUnknown(ProtocolError):
+class PublishOutcomeUnknown(ServiceError):
     """A publish that went out to Redis with no answer in time: it may have been delivered."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(BrokerErrorCode.PUBLISH_OUTCOME_UNKNOWN, detail)
 
 
-class AlreadyPublished(ProtocolError):
+class AlreadyPublished(ServiceError):
     """A publish whose key was used for a message published before: it is not sent again."""
 
     def __init__(self, event_id: str | None) -> None:
@@ -207,7 +207,7 @@ class Broker(abc.ABC):
 class LocalBroker(Broker):
     """This process only: a publish is a delivery to the hub, done when `publish` returns.
 
-    With a `stamp` (the SSE history), each frame is first recorded and gets its event id,
+    With a `stamp` (the history's), each frame is first recorded and gets its event id,
     which travels in the frame as `"id"`, so WebSocket and SSE subscribers see the same id.
     """
 
@@ -243,43 +243,41 @@ class LocalBroker(Broker):
         pass
 
 
-# Builds a broker for a URL, with a history of that many events per room (None: none), and
-# returns it with the history it records into.
+# Builds a broker for a URL, with a history of each room's recent messages, and returns it with
+# the history it records into.
 BrokerFactory = Callable[
-    [str | None, Hub, int | None, PublishSettings], tuple[Broker, History | None]
+    [str | None, Hub, HistorySettings, PublishSettings], tuple[Broker, History]
 ]
 
 
 def open_memory_broker(
-    url: str | None, hub: Hub, history_size: int | None, publish: PublishSettings
-) -> tuple[Broker, History | None]:
-    if history_size is None:
-        return LocalBroker(hub, publish=publish), None
+    url: str | None, hub: Hub, history: HistorySettings, publish: PublishSettings
+) -> tuple[Broker, History]:
     # Every message gets its event id once, as it is recorded, before any subscriber sees it.
-    history = LocalHistory(history_size)
-    return LocalBroker(hub, stamp=history.append, publish=publish), history
+    local = LocalHistory(history.size, history.ttl_seconds)
+    return LocalBroker(hub, stamp=local.append, publish=publish), local
 
 
 def open_broker(
     url: str,
     factories: Mapping[str, BrokerFactory],
     hub: Hub,
-    history_size: int | None,
+    history: HistorySettings,
     publish: PublishSettings,
-) -> tuple[Broker, History | None]:
+) -> tuple[Broker, History]:
     """The broker `url` names (empty: the first of `factories` with its own settings, else
     memory), and its history."""
     if not url:
         for factory in factories.values():
-            return factory(None, hub, history_size, publish)
+            return factory(None, hub, history, publish)
         url = MEMORY
     scheme = url.partition("://")[0]
     if scheme == "memory":
-        return open_memory_broker(url, hub, history_size, publish)
+        return open_memory_broker(url, hub, history, publish)
     if scheme not in factories:
         known = ", ".join(f"{name}://" for name in ("memory", *factories))
         raise ValueError(f"BROKER_URL: no broker for {scheme}:// in this service (it has {known})")
-    return factories[scheme](url, hub, history_size, publish)
+    return factories[scheme](url, hub, history, publish)
 
 
 def broker_scheme(url: str, provided: bool) -> str:

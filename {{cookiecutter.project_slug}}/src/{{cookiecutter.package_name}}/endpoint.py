@@ -29,11 +29,12 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
-from .feature import Feature
+from .feature import Core, Feature
+from .history import parse_since
 from .hub import Connection, ConnectionState, Frame, Hub, HubSettings, Transport
 from .identity import HandshakeRefused, Identify, Identity, anonymous, close_on_expiry
 from .metrics import MESSAGES_RECEIVED
-from .protocol import DEFAULT_ROOM, ErrorCode, Protocol, ProtocolError, encode, error_frame
+from .protocol import DEFAULT_ROOM, ErrorCode, ErrorReply, Protocol, encode, error_frame
 from .rate_limit import TokenBucket
 from .ws_protocol import message_text, transport_of
 
@@ -206,7 +207,10 @@ class Endpoint:
             try:
                 message, handler = self.protocol.decode(text)
                 await handler(connection, message)
-            except ProtocolError as error:
+                # Else the idle loop holds the last one (a model and its fields' set) until the
+                # next: objects per connection, young ones after every pong (gc_pacing.py).
+                del message, handler
+            except ErrorReply as error:
                 connection.offer(error_frame(error.code, error.detail))
             except Exception:
                 logger.exception("handler failed on %r", connection)
@@ -215,21 +219,27 @@ class Endpoint:
         return None
 
 
-def join_default_room(hub: Hub, connection: Connection, websocket: WebSocket) -> None:
+def join_default_room(hub: Hub, connection: Connection, websocket: WebSocket) -> bool:
     """Without the rooms feature, every client is in the default room; unless its grants
-    exclude it: the client is then in no room (`welcome` says so)."""
+    exclude it: the client is then in no room (`welcome` says so). False if it did not join."""
     if connection.grants is None or connection.grants.may_join(DEFAULT_ROOM):
-        hub.join(connection, DEFAULT_ROOM)
+        return hub.join(connection, DEFAULT_ROOM)
+    return False
 
 
 class DefaultRoom(Feature):
-    """The one broadcast channel of a service without the rooms feature."""
+    """The one broadcast channel of a service without the rooms feature; `?since=<id>`
+    resumes it after the last event id the client saw (history.Recovery)."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, core: Core) -> None:
+        self.hub = core.hub
+        self.recovery = core.recovery
 
     def on_open(self, connection: Connection, websocket: WebSocket) -> None:
-        join_default_room(self.hub, connection, websocket)
+        if join_default_room(self.hub, connection, websocket):
+            since = parse_since(websocket.query_params.get("since"), [DEFAULT_ROOM])
+            # The join was in this step: nothing published since can pass the client by.
+            self.recovery.resume_later(connection, since)
 
 
 class RealtimeApp(FastAPI):

@@ -6,8 +6,8 @@ in the order listed: `register` and `router` as it is built, `start` in order an
 reverse around its lifespan, `on_open` and `welcome` for every WebSocket connection.
 
 What features lend each other is explicit: before any feature is built, the chosen features
-say what they provide (`Provided`: who a client is, which room names are valid, whether a
-history is kept), and the `Core` built from it is handed to every feature's constructor.
+say what they provide (`Provided`: who a client is, which room names are valid, which
+brokers there are), and the `Core` built from it is handed to every feature's constructor.
 Nothing is patched onto a feature after it is built.
 """
 
@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 
 from .broker import Broker, BrokerFactory
 from .health import Readiness
-from .history import History
+from .history import History, Recovery
 from .hub import Connection, Hub, HubSettings
 from .identity import Identify, Identity, anonymous
 from .protocol import CheckRoom, Protocol, only_the_default_room
@@ -72,9 +72,6 @@ class Provided:
     identity: IdentityFeature | None = None
     # Which room names are valid; without the rooms feature, the default room only.
     check_room: CheckRoom = only_the_default_room
-    # Events kept per room when a feature reads the history (SSE resume); None: no history,
-    # and no cost per message.
-    history_size: int | None = None
     # Broker implementations by URL scheme (`redis`), besides the built-in `memory`.
     brokers: Mapping[str, BrokerFactory] = field(default_factory=dict)
 
@@ -87,8 +84,10 @@ class Core:
     hub_settings: HubSettings
     protocol: Protocol
     broker: Broker
-    # The broker's history, when a feature asked for one (Provided.history_size).
-    history: History | None
+    # The broker's history of every room (history.py), and how a client catches up from it:
+    # over WebSocket (`since`) as over SSE (`Last-Event-ID`).
+    history: History
+    recovery: Recovery
     publisher: Publisher
     readiness: Readiness
     # The handshake check of a connection (WebSocket, SSE stream): the identity feature's,

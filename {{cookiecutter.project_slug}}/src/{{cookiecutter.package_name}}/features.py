@@ -70,9 +70,6 @@ def provided(settings: FeatureSettings) -> Provided:
 {%- if cookiecutter.use_rooms %}
         check_room=RoomNames(settings.rooms).check,
 {%- endif %}
-{%- if cookiecutter.use_sse %}
-        history_size=settings.sse.history_size,
-{%- endif %}
 {%- if cookiecutter.use_redis %}
         brokers=redis_brokers(settings.redis),
 {%- endif %}
@@ -93,7 +90,7 @@ def chosen(core: Core, settings: FeatureSettings) -> list[Feature]:
 {%- if cookiecutter.use_rooms %}
         Rooms(core, settings.rooms),
 {%- else %}
-        DefaultRoom(core.hub),
+        DefaultRoom(core),
 {%- endif %}
 {%- if cookiecutter.use_heartbeats %}
         Heartbeat(core.hub, settings.heartbeat),

@@ -234,6 +234,23 @@ class WriteScheduler:
             taken += offer(member, frame)
         return taken
 
+    def offer_all(self, connection: Connection, frames: list[Frame]) -> bool:
+        """Queue frames in order past the outbox limit (a replay, bounded by the history's
+        size), without waiting; False if the connection is not open."""
+        if connection.state is not ConnectionState.OPEN or not frames:
+            return connection.state is ConnectionState.OPEN
+        # The end of the step writes them, in one batch with what is queued before them.
+        connection._outbox += frames
+        if connection._writer_idle():
+            if connection.transport.can_write_now:
+                if connection not in self._unflushed:
+                    if not self._unflushed:
+                        asyncio.get_running_loop().call_soon(self._flush)
+                    self._unflushed.append(connection)
+            else:
+                connection._wake_writer()
+        return True
+
     def _flush(self) -> None:
         unflushed, self._unflushed = self._unflushed, []
         for connection in unflushed:
@@ -288,7 +305,11 @@ class WriteScheduler:
                 break
             count += 1
         if count == len(outbox):
-            batch, connection._outbox = outbox, []
+            # A copy, not a fresh outbox: the connection's own list stays the long-lived one, so
+            # a broadcast leaves no new object per connection for the young collections to walk
+            # (CPython's counter does not see one replacing another; gc_pacing.py).
+            batch = outbox.copy()
+            outbox.clear()
         else:
             batch = outbox[:count]
             del outbox[:count]
@@ -371,6 +392,10 @@ class Connection:
         """Queue a frame for this client without waiting; False if it was not queued. A string
         is the text of a frame addressed to this client alone (a reply, an error)."""
         return self._scheduler.offer(self, frame if isinstance(frame, Frame) else Frame(frame))
+
+    def offer_all(self, frames: list[Frame]) -> bool:
+        """Queue frames in order, past the outbox limit (a replay: history.Recovery)."""
+        return self._scheduler.offer_all(self, frames)
 
     def close(self, code: int, reason: str = "") -> None:
         """Condemn the connection: drop its outbox and stop its writer, even mid-send.
@@ -455,6 +480,9 @@ class Hub:
         self.scheduler = WriteScheduler()
         self.on_member_joined: MemberCallback | None = None
         self.on_member_left: MemberCallback | None = None
+        # Per room, the members catching up (history.Recovery) and what decides, for each of
+        # the room's frames, whether it is offered to them as usual (a `Seam`'s `take`).
+        self._catching_up: dict[str, dict[Connection, Callable[[Frame], bool]]] = {}
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -496,6 +524,8 @@ class Hub:
         if room not in connection.rooms:
             return False
         connection.rooms.discard(room)
+        if self._catching_up:
+            self.caught_up(connection, room)
         members = self._rooms.get(room)
         if members is not None:
             members.discard(connection)
@@ -514,13 +544,31 @@ class Hub:
         members = self._rooms.get(room)
         if not members:
             return 0
+        frame = Frame(text, room, event_id, type)
         # A copy: a slow consumer closed by `offer` must not change the set mid-iteration.
-        taken = self.scheduler.deliver(tuple(members), Frame(text, room, event_id, type))
+        targets = tuple(members)
+        if self._catching_up and (seams := self._catching_up.get(room)):
+            # Only while a member of this room catches up: its seam holds or drops the frame.
+            targets = tuple(
+                member for member in targets if (take := seams.get(member)) is None or take(frame)
+            )
+        taken = self.scheduler.deliver(targets, frame)
         # Once per message and room, not per member: the loop stays as cheap as it was.
         MESSAGES_DELIVERED.inc(taken)
-        if taken < len(members):
-            MESSAGES_DROPPED.inc(len(members) - taken)
+        if taken < len(targets):
+            MESSAGES_DROPPED.inc(len(targets) - taken)
         return taken
+
+    def catch_up(self, connection: Connection, room: str, take: Callable[[Frame], bool]) -> None:
+        """From now on, each of the room's frames is offered to `connection` only if `take`
+        says so (a `history.Seam` holds them while its history is read), until `caught_up`."""
+        self._catching_up.setdefault(room, {})[connection] = take
+
+    def caught_up(self, connection: Connection, room: str) -> None:
+        """`connection` gets the room's frames as every member does again; safe to repeat."""
+        seams = self._catching_up.get(room)
+        if seams is not None and seams.pop(connection, None) is not None and not seams:
+            del self._catching_up[room]
 
     def close_all(self, code: int, reason: str = "") -> None:
         for connection in self:

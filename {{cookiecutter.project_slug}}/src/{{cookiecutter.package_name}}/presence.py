@@ -42,9 +42,11 @@ from .protocol import (
     DEFAULT_ROOM,
     CheckRoom,
     ErrorCode,
+    ErrorReply,
     Message,
     Protocol,
     ProtocolError,
+    ServiceError,
     encode,
     only_the_default_room,
 )
@@ -70,7 +72,7 @@ class PresenceErrorCode(enum.StrEnum):
     PRESENCE_UNAVAILABLE = "presence_unavailable"
 
 
-# A refusal over HTTP; any other ProtocolError is the request's mistake, a 422.
+# A refusal over HTTP; any other ErrorReply is the request's mistake, a 422.
 _HTTP_STATUS: dict[str, int] = {
     ErrorCode.FORBIDDEN: status.HTTP_403_FORBIDDEN,
     PresenceErrorCode.PRESENCE_UNAVAILABLE: status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -211,7 +213,7 @@ class Presence(Feature):
             others = await self.store.others(room)
         except Exception as error:
             logger.warning("presence of %r unavailable: %r", room, error)
-            raise ProtocolError(
+            raise ServiceError(
                 PresenceErrorCode.PRESENCE_UNAVAILABLE, "presence is unavailable; try again"
             ) from None
         for other in others:
@@ -250,7 +252,7 @@ class Presence(Feature):
                 self.check_room(room)
                 require_join(identity.grants, room)
                 counts = await self.counts(room)
-            except ProtocolError as error:
+            except ErrorReply as error:
                 raise HTTPException(
                     _HTTP_STATUS.get(error.code, status.HTTP_422_UNPROCESSABLE_CONTENT),
                     f"{error.code}: {error.detail}",

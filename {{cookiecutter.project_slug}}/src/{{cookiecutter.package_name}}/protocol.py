@@ -35,10 +35,12 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "CheckRoom",
     "ErrorCode",
+    "ErrorReply",
     "Message",
     "Protocol",
     "ProtocolError",
     "Publish",
+    "ServiceError",
     "UnencodableFrame",
     "encode",
     "error_frame",
@@ -78,13 +80,23 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
 
 
-class ProtocolError(Exception):
-    """A client mistake: answered with an error frame, never a crash."""
+class ErrorReply(Exception):
+    """A request that failed in a way its client is told of, never a crash: an error frame
+    over WebSocket, a status over HTTP. `code` is stable (clients branch on it)."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+class ProtocolError(ErrorReply):
+    """A client mistake: a message or request the service refuses."""
+
+
+class ServiceError(ErrorReply):
+    """Not the client's mistake: the service could not do it now (its broker or history is
+    unreachable, say); the same request may succeed later."""
 
 
 class UnencodableFrame(ValueError):

@@ -21,6 +21,7 @@ from .protocol import (
     MAX_KEY_LENGTH,
     CheckRoom,
     ErrorCode,
+    ErrorReply,
     ProtocolError,
     Publish,
     UnencodableFrame,
@@ -108,7 +109,7 @@ def _frame_or_refuse(
 def _report_failure(connection: Connection, sent: Sent) -> None:
     if sent.cancelled() or (error := sent.exception()) is None:
         return
-    if isinstance(error, ProtocolError):
+    if isinstance(error, ErrorReply):
         connection.offer(error_frame(error.code, error.detail))
     else:  # a bug, as when a handler fails (endpoint.py)
         logger.error("publish from %r failed", connection, exc_info=error)
@@ -174,7 +175,7 @@ def publish_router(
             event_id = await publisher.publish(body.room, identity.user, body.data, body.key)
         except AlreadyPublished as duplicate:  # a retry: done already, and not again
             return {"room": body.room, "id": duplicate.event_id, "duplicate": True}
-        except ProtocolError as error:
+        except ErrorReply as error:
             # 422: no frame can carry it; 503: not sent, try again; 504: sent, fate
             # unknown, retry with the same key.
             code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -10,8 +10,9 @@ channel.
 Publishes are queued and sent by one task over one connection, in order, every publish that
 is waiting going in one pipelined round trip: a busy room's messages reach Redis, and come
 back to each process, several at a time, so each member gets them in one write (hub.py).
-With a history (the SSE feature), one script per message appends it to the room's Redis
-Stream and publishes it with the stream id as its event id, so ids follow delivery order.
+With a history (every project's: history.py), one script per message appends it to the room's
+Redis Stream (trimmed to about `HISTORY_SIZE`, expiring `HISTORY_TTL_SECONDS` after its last
+message) and publishes it with the stream id as its event id, so ids follow delivery order.
 
 Health is measured, not assumed: every connection has socket timeouts and TCP keepalive, and
 the listener sends a PING every `REDIS_HEALTH_CHECK_INTERVAL_SECONDS`; a Redis that does not
@@ -65,7 +66,7 @@ from .broker import (
     Sent,
     resync_frame,
 )
-from .history import History
+from .history import History, HistorySettings
 from .hub import Hub
 from .metrics import REDIS_CONNECTS, REDIS_UP
 from .protocol import with_id
@@ -90,10 +91,12 @@ HISTORY_FIELD = "frame"
 # `protocol.with_id` writes it, so ids are in the order members get the messages; with a key,
 # first checks that the key was not used within the window, and records it with the id.
 # KEYS: the stream (with a history), then the key's marker (with a key). ARGV: channel, frame,
-# history length (0: none), field, key window in ms (0: no key). Returns {1, id} when
-# published, {0, the earlier message's id} for a key already used; the id is '' without a
-# history. Trimming is approximate (~), which Redis does cheaply in whole nodes; the history's
-# reader checks the real oldest id, so a client never gets a gap it is not told about.
+# history length (0: none), field, key window in ms (0: no key), the stream's expiry in ms (0:
+# none), refreshed by every message, so an idle room's history goes (HISTORY_TTL_SECONDS).
+# Returns {1, id} when published, {0, the earlier message's id} for a key already used; the id
+# is '' without a history. Trimming is approximate (~), which Redis does cheaply in whole
+# nodes; the history's reader checks the real oldest id, so a client never gets a gap it is
+# not told about.
 PUBLISH_SCRIPT = """
 local marker = nil
 if ARGV[5] ~= '0' then
@@ -104,6 +107,7 @@ end
 local id, frame = '', ARGV[2]
 if ARGV[3] ~= '0' then
     id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[2])
+    if ARGV[6] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
     frame = '{"id":"' .. id .. '",' .. string.sub(ARGV[2], 2)
 end
 redis.call('PUBLISH', ARGV[1], frame)
@@ -154,7 +158,7 @@ class RedisSettings(BaseSettings):
 
 
 def history_key(settings: RedisSettings, room: str) -> str:
-    """The Redis Stream holding a room's history (the SSE feature)."""
+    """The Redis Stream holding a room's history."""
     return f"{settings.channel_prefix}{room}:history"
 
 
@@ -258,11 +262,14 @@ class RedisBroker(Broker):
         settings: RedisSettings,
         history_size: int | None = None,
         publish: PublishSettings | None = None,
+        history_ttl_seconds: float = 0,
     ) -> None:
         self.hub = hub
         self.settings = settings
         # With a size, every message is recorded in its room's stream as it is published.
         self.history_size = history_size
+        # The history stream's expiry after its last message, in ms (0: never).
+        self.history_ttl_ms = round(history_ttl_seconds * 1000)
         self.key_window_ms = (publish or PublishSettings()).key_window_seconds * 1000
         self._prefix = settings.channel_prefix
         self._redis = redis_client(settings)
@@ -423,6 +430,7 @@ class RedisBroker(Broker):
             self.history_size or 0,
             HISTORY_FIELD,
             0 if marker is None else self.key_window_ms,
+            self.history_ttl_ms,
         )
 
     async def listening(self, room: str) -> None:
@@ -709,13 +717,19 @@ def redis_brokers(settings: RedisSettings) -> dict[str, BrokerFactory]:
     """The Redis broker, for `redis://` and `rediss://` broker URLs (None: REDIS_URL)."""
 
     def open_redis_broker(
-        url: str | None, hub: Hub, history_size: int | None, publish: PublishSettings
-    ) -> tuple[Broker, History | None]:
+        url: str | None, hub: Hub, history: HistorySettings, publish: PublishSettings
+    ) -> tuple[Broker, History]:
         redis = settings if url is None else settings.model_copy(update={"url": url})
-        # With a history, every message gets its event id once, as Redis records it in the
-        # room's stream while publishing it, before any subscriber sees it.
-        broker = RedisBroker(hub, redis, history_size=history_size, publish=publish)
-        return broker, None if history_size is None else RedisHistory(redis)
+        # Every message gets its event id once, as Redis records it in the room's stream while
+        # publishing it, before any subscriber sees it.
+        broker = RedisBroker(
+            hub,
+            redis,
+            history_size=history.size,
+            publish=publish,
+            history_ttl_seconds=history.ttl_seconds,
+        )
+        return broker, RedisHistory(redis)
 
     return {"redis": open_redis_broker, "rediss": open_redis_broker}
 

@@ -2,6 +2,9 @@
 
 A client names its first rooms when it connects (`/ws?room=a&room=b`; none named means the
 default room) and then sends `join` and `leave`, each acknowledged with `joined` or `left`.
+A client that was away resumes: `join` with `since` (the last event id it saw in the room), or
+`?since=` on the URL for the rooms it connects to (history.parse_since); it gets what it
+missed, in order, then the live messages, or a `resync` (history.Recovery).
 Names are checked against a pattern and a length, and a connection's rooms are capped; a
 refused join gets an error frame and the connection lives on. Membership itself lives in the
 Hub, which frees a room when its last member leaves or disconnects.
@@ -18,6 +21,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .feature import Core, Feature
+from .history import parse_since
 from .hub import Connection
 from .permissions import require_join
 from .protocol import (
@@ -50,6 +54,9 @@ class RoomSettings(BaseSettings):
 class Join(Message):
     type: Literal["join"]
     room: str
+    # The last event id the client saw in the room: it gets every message after it first (or
+    # a `resync`). Ignored when the client is a member already: it has the live messages.
+    since: str | None = Field(default=None, max_length=64)
 
 
 class Leave(Message):
@@ -80,6 +87,7 @@ class Rooms(Feature):
 
     def __init__(self, core: Core, settings: RoomSettings) -> None:
         self.hub = core.hub
+        self.recovery = core.recovery
         self.settings = settings
         self.check_name = core.check_room
 
@@ -93,27 +101,36 @@ class Rooms(Feature):
             # The default room only if the grants open it: the client is otherwise in no room,
             # as its `welcome` says, and no error frame names a room it never asked for.
             rooms = [DEFAULT_ROOM]
+        joined = []
         for room in rooms:
             try:
-                self._admit(connection, room)
+                if self._admit(connection, room):
+                    joined.append(room)
             except ProtocolError as error:
                 connection.offer(error_frame(error.code, error.detail))
+        since = parse_since(websocket.query_params.get("since"), rooms)
+        cursor = {room: since[room] for room in joined if room in since}
+        # The joins were in this step: nothing published since can pass the client by.
+        self.recovery.resume_later(connection, cursor)
 
     async def join(self, connection: Connection, message: Join) -> None:
-        self._admit(connection, message.room)
+        joined = self._admit(connection, message.room)
         connection.offer(encode({"type": "joined", "room": message.room}))
+        if joined and message.since is not None:
+            cursor = parse_since(message.since, [message.room])
+            await self.recovery.resume(connection, cursor)
 
     async def leave(self, connection: Connection, message: Leave) -> None:
         if not self.hub.leave(connection, message.room):
             raise ProtocolError(ErrorCode.NOT_A_MEMBER, f"not in room {message.room!r}")
         connection.offer(encode({"type": "left", "room": message.room}))
 
-    def _admit(self, connection: Connection, room: str) -> None:
+    def _admit(self, connection: Connection, room: str) -> bool:
         """Join `room` if its name is valid, the grants and the cap allow; joining twice is
-        fine."""
+        fine (False: it was a member already)."""
         self.check_name(room)
         require_join(connection.grants, room)
         cap = self.settings.max_rooms_per_connection
         if room not in connection.rooms and len(connection.rooms) >= cap:
             raise ProtocolError(RoomErrorCode.TOO_MANY_ROOMS, f"a connection may be in {cap} rooms")
-        self.hub.join(connection, room)
+        return self.hub.join(connection, room)

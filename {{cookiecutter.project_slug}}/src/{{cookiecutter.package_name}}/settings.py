@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .broker import BrokerSettings, PublishSettings
 from .capacity import CapacitySettings
 from .features import FeatureSettings
+from .history import HistorySettings
 from .hub import HubSettings
 from .logs import LogFormat
 
@@ -42,9 +43,10 @@ class ServerSettings(BaseSettings):
     # Off by default: each subscriber gets its own compressor, so a broadcast would be
     # compressed once per client, roughly doubling CPU and memory per connection.
     per_message_deflate: bool = False
-    # Seconds between full garbage collections (gc_pacing.py); 0 leaves CPython's own
-    # schedule, under which a collection can stall every connection at any moment.
-    gc_full_collect_seconds: float = Field(default=60.0, ge=0)
+    # A full garbage collection only once Python's memory (objects alive, or garbage) has grown
+    # by this percentage since the last one, like Go's GOGC (gc_pacing.py); 0 leaves CPython's
+    # own schedule, under which a collection can stall every connection at any moment.
+    gc_growth_percent: float = Field(default=100.0, ge=0)
     # Log every garbage collection with its generation and pause (gc_pacing.py): a diagnostic.
     gc_log: bool = False
     # uvicorn's event loop and HTTP parser; "auto" takes uvloop and httptools when installed.
@@ -61,3 +63,4 @@ class Settings(FeatureSettings):
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)

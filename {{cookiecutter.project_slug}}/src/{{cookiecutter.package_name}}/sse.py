@@ -5,9 +5,10 @@ given an event id once, when it was published (by the broker), so WebSocket and 
 subscribers in every process see the same id. The SSE `id:` of an event is the stream's cursor:
 the last event id of every room of the stream (`a=17&b=9`), which the browser sends back as
 `Last-Event-ID` when it reconnects. The stream then first replays, from each room's bounded
-history, exactly the events after the cursor, in order, then goes live. A room whose position
-is older than its history (or unknown, e.g. after an in-memory history was lost to a restart)
-gets one `resync` event instead of a silent gap.
+history, exactly the events after the cursor, in order, then goes live: the replay and its seam
+are the WebSocket's (history.Recovery). A room whose position is older than its history (or
+unknown, e.g. after an in-memory history was lost to a restart) gets one `resync` event
+instead of a silent gap.
 
 An SSE stream is a hub `Connection` whose transport is the HTTP response (`EventStream`): rooms,
 broker subscriptions (Redis too), the bounded outbox and the slow-consumer policy are the
@@ -17,20 +18,16 @@ a client that stops reading blocks its writes until its outbox overflows, as a W
 `POST /publish` sends a message through the same `Publisher` path as a WebSocket `publish`.
 
 uvicorn gives a streaming response no sign of a shutdown (it waits for it to end, up to
-`SERVER_SHUTDOWN_TIMEOUT_SECONDS`, then cancels it), so `ServerSentEvents.watch_exit_signals`
-chains onto the server's SIGTERM and SIGINT handlers and ends every open stream at once.
+`SERVER_SHUTDOWN_TIMEOUT_SECONDS`, then cancels it), so `ServerSentEvents` hears SIGTERM and
+SIGINT through `exit_signals.py` and ends every open stream at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import signal
-import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -42,21 +39,20 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
+from .exit_signals import on_exit_signal
 from .feature import Core, Feature
-from .history import History, order, parse_cursor
+from .history import Seam, order, parse_cursor
 from .hub import Connection, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .permissions import require_join
-from .protocol import DEFAULT_ROOM, ProtocolError, encode, with_id
+from .protocol import DEFAULT_ROOM, ErrorReply, encode
 from .publishing import check_room_or_422, publish_router
 
 __all__ = ["EventStream", "ServerSentEvents", "SseSettings"]
 
 logger = logging.getLogger(__name__)
 
-# The SSE `event:` of the frame telling a client its position in some rooms is lost.
-RESYNC = "resync"
 # The last event of a stream the server ended, with the WebSocket close code it would have used
 # (4001: the credentials expired, sign in again; 1012: the server is restarting).
 CLOSE = "close"
@@ -78,9 +74,6 @@ def _event_text(cursor: str, event: str, data: str) -> str:
 class SseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SSE_", env_file=".env", extra="ignore")
 
-    # Events kept per room for clients that reconnect with Last-Event-ID; a client away for
-    # longer than this many events of one room gets a `resync` event for it.
-    history_size: int = Field(default=1000, ge=1)
     # Seconds between comment pings: they keep idle streams open through proxies.
     ping_interval_seconds: float = Field(default=15.0, gt=0)
     # The `retry:` hint: how long a browser's EventSource waits before reconnecting.
@@ -92,8 +85,9 @@ class SseSettings(BaseSettings):
 class EventStream(Response):
     """One SSE client: replay after its cursor, then the live frames the hub gives it.
 
-    The stream is its connection's `Transport` (hub.py): it writes only by awaiting the ASGI
-    `send`, in the writer task, and has no heartbeat (its comment pings are its own)."""
+    The stream is its connection's `Transport` (hub.py): under uvicorn it writes as a WebSocket
+    does, at once while the client takes what it is sent (`_UvicornBody`), else by awaiting the
+    ASGI `send` in the writer task; it has no heartbeat (its comment pings are its own)."""
 
     media_type = "text/event-stream"
     heartbeat: ClassVar[bool] = False
@@ -118,10 +112,6 @@ class EventStream(Response):
         self.cursor = dict(cursor)
         self._send: Send | None = None
         self._body: _UvicornBody | None = None
-        # Ids replayed from the history that may also arrive live: each is dropped once. Not
-        # "every id up to the cursor", which would hold only while ids are given in delivery
-        # order: true of both histories here, but not a promise a History makes.
-        self._replayed: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
@@ -135,8 +125,8 @@ class EventStream(Response):
             policy=settings.slow_consumer_policy,
             batch_bytes=settings.batch_bytes,
         )
-        # Members first, then the history: what is published meanwhile is queued in the outbox
-        # and either replayed or live, never neither; `_replayed` drops what would be both.
+        # Members first, then the history (history.Recovery): what is published meanwhile is
+        # held and either replayed or live, never neither, and never both.
         sse.hub.add(connection)
         sse.streams.add(connection)
         # Expired credentials end the stream, as they close a WebSocket.
@@ -146,9 +136,11 @@ class EventStream(Response):
         try:
             for room in self.rooms:
                 sse.hub.join(connection, room)
+            # In the step of the joins: no frame can reach the stream before its replay.
+            seams = sse.recovery.begin(connection, self.cursor)
             try:
                 await sse.listening(self.rooms)
-            except ProtocolError as unavailable:
+            except ErrorReply as unavailable:
                 log_connection_refused("sse", 503, unavailable.detail, scope.get("client"))
                 await send({"type": "http.response.start", "status": 503, "headers": []})
                 await send({"type": "http.response.body", "body": unavailable.detail.encode()})
@@ -157,7 +149,9 @@ class EventStream(Response):
             started = log_connection_opened(connection, "sse", scope.get("client"))
             await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
             tasks = [
-                asyncio.create_task(self._deliver(connection), name=f"writer-{connection.id}"),
+                asyncio.create_task(
+                    self._deliver(connection, seams), name=f"writer-{connection.id}"
+                ),
                 asyncio.create_task(self._ping(connection), name=f"ping-{connection.id}"),
                 asyncio.create_task(_disconnected(receive), name=f"receive-{connection.id}"),
             ]
@@ -198,46 +192,17 @@ class EventStream(Response):
         except Exception:
             pass  # a send on a socket the client already dropped: expected, quiet
 
-    async def _deliver(self, connection: Connection) -> None:
-        """The missed events, then the live ones: the only code that writes events."""
-        try:
-            await self._replay()
-        except ProtocolError as unavailable:  # the history did not answer: resume later
-            connection.close(status.WS_1013_TRY_AGAIN_LATER, unavailable.detail)
-            return
-        # Cancelling this task (the stream ends) cancels the writer it waits for.
-        await connection.start_writer()
-
-    async def _replay(self) -> None:
-        missed: list[tuple[tuple[int, ...], str, str, str]] = []
-        lost: list[str] = []
-        if any(room in self.cursor for room in self.rooms):
+    async def _deliver(self, connection: Connection, seams: dict[str, Seam]) -> None:
+        """The missed events, then the live ones: the writer writes them all, in order."""
+        if self.cursor:
             SSE_RESUMES.inc()
-        for room in self.rooms:
-            last_id = self.cursor.get(room)
-            if last_id is None:
-                continue
-            events = await self.sse.history.since(room, last_id) if last_id else None
-            if events is None:
-                lost.append(room)
-                del self.cursor[room]
-                continue
-            missed += [(order(event_id), room, event_id, frame) for event_id, frame in events]
+        lost = await self.sse.recovery.finish(connection, self.cursor, seams)
         if lost:
             SSE_RESYNCS.inc(len(lost))
-            detail = "events were missed and are no longer kept: reload the state of these rooms"
-            frame = encode({"type": RESYNC, "rooms": lost, "detail": detail})
-            await self._write(f"event: {RESYNC}\ndata: {frame}\n\n")
-        for _, room, event_id, frame in sorted(missed):
-            self._replayed.add(event_id)
-            await self._write(self._event("message", room, event_id, with_id(frame, event_id)))
-
-    def _event(self, event: str, room: str, event_id: str, frame: str) -> str:
-        # The cursor only moves forward, so a resume never replays what was already sent.
-        seen = self.cursor.get(room)
-        if seen is None or _order(event_id) > _order(seen):
-            self.cursor[room] = event_id
-        return _event_text(urlencode(self.cursor), event, frame)
+            for room in lost:
+                del self.cursor[room]
+        # Cancelling this task (the stream ends) cancels the writer it waits for.
+        await connection.start_writer()
 
     def try_write(self, frames: list[Frame]) -> bool:
         """The batch through the server's own `send`, skipping the ASGI middleware and the
@@ -266,16 +231,10 @@ class EventStream(Response):
     def _event_for(self, frame: Frame) -> bytes:
         """The SSE bytes of one hub frame; empty for frames the stream has sent already."""
         if frame.type == _COMMENT:
-            # A ping interval after the replay, every message stored before it was read has
-            # long reached the broker: none can arrive twice any more.
-            self._replayed.clear()
             return f": {frame.text}\n\n".encode()
         room, event_id = frame.room, frame.event_id
         if room is None or event_id is None:
             return f"event: {frame.type}\ndata: {frame.text}\n\n".encode()
-        if self._replayed and event_id in self._replayed:
-            self._replayed.discard(event_id)
-            return b""
         cursor = self.cursor
         seen = cursor.get(room)
         if seen is not None and _order(event_id) <= _order(seen):
@@ -389,23 +348,23 @@ class ServerSentEvents(Feature):
     """The `/sse` and `/publish` routes, and the open streams of this process."""
 
     def __init__(self, core: Core, settings: SseSettings) -> None:
-        if core.history is None:
-            raise ValueError("SSE resumes from a history: the core must keep one")
         self.core = core
         self.hub = core.hub
-        self.history: History = core.history
+        self.recovery = core.recovery
         self.settings = settings
         self.hub_settings = core.hub_settings
         self.identify = http_user(core.identify)
         self.check_room = core.check_room
         self.streams: set[Connection] = set()
-        self._restore: dict[int, Any] = {}
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
-        self.watch_exit_signals()
+        self._unsubscribe = on_exit_signal(self.close_all)
 
     async def stop(self) -> None:
-        self.unwatch_exit_signals()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self.close_all()
 
     async def listening(self, rooms: list[str]) -> None:
@@ -444,32 +403,3 @@ class ServerSentEvents(Feature):
         """End every open stream; the client's EventSource reconnects (elsewhere)."""
         for connection in tuple(self.streams):
             connection.close(status.WS_1012_SERVICE_RESTART, "server shutting down")
-
-    def watch_exit_signals(self) -> None:
-        """End the streams as soon as the server is told to exit, then let it handle that.
-
-        Only in the main thread, where the server installed its handlers; `unwatch_exit_signals`
-        puts them back.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            if not callable(previous):
-                continue
-
-            def on_exit(
-                number: int, frame: FrameType | None, previous: Callable[..., Any] = previous
-            ) -> None:
-                loop.call_soon_threadsafe(self.close_all)
-                previous(number, frame)
-
-            signal.signal(signum, on_exit)
-            self._restore[signum] = previous
-
-    def unwatch_exit_signals(self) -> None:
-        for signum, previous in self._restore.items():
-            with contextlib.suppress(ValueError):
-                signal.signal(signum, previous)
-        self._restore.clear()

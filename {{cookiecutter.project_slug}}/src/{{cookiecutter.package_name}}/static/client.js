@@ -16,7 +16,18 @@
 // drops it without waiting for a closing handshake a dead server would never finish, and
 // reconnects with the same backoff. A server without heartbeats never pings, so it is never
 // watched.
+//
+// Recovery: every message of a room carries its event id (`id`); the client keeps the last one
+// of each room (`lastIds`) and, on every reconnect, asks for what it missed: `?since=<id>` when
+// the URL names one room (or none: the default room), else `?since=` with a cursor of every
+// room it knows (`a=<id>&b=<id>`, URL-encoded). `join(room)` sends the room's last id too. The
+// server replays the missed messages, in order, before the live ones, each once; when they
+// are gone from its history, a "resync" frame names the rooms whose state the page must reload
+// (their ids are then forgotten).
 "use strict";
+
+// Without the rooms feature, and when a URL names no room, the client is in this one.
+const DEFAULT_ROOM = "lobby";
 
 class RealtimeClient extends EventTarget {
   constructor(url, { baseDelay = 250, maxDelay = 10000, deadAfter = null } = {}) {
@@ -33,6 +44,24 @@ class RealtimeClient extends EventTarget {
     this.timer = null;
     this.stopped = false;
     this.state = "closed";
+    this.lastIds = new Map();
+  }
+
+  // The URL with `since` for the rooms it names whose last id is known (the README's
+  // "Recovery"); a URL that sets `since` itself is left alone.
+  resumeUrl(url) {
+    const parsed = new URL(url, location.href);
+    if (parsed.searchParams.has("since")) return parsed.href;
+    const named = parsed.searchParams.getAll("room");
+    const rooms = named.length ? named : [DEFAULT_ROOM];
+    const known = rooms.filter((room) => this.lastIds.has(room));
+    if (known.length === 1 && rooms.length === 1) {
+      parsed.searchParams.set("since", this.lastIds.get(known[0]));
+    } else if (known.length) {
+      const cursor = new URLSearchParams(known.map((room) => [room, this.lastIds.get(room)]));
+      parsed.searchParams.set("since", cursor.toString());
+    }
+    return parsed.href;
   }
 
   async connect() {
@@ -47,7 +76,7 @@ class RealtimeClient extends EventTarget {
       return;
     }
     if (this.stopped) return;
-    const socket = new WebSocket(url);
+    const socket = new WebSocket(this.resumeUrl(url));
     this.socket = socket;
     this.pinged = false;
     this.announcedDeadAfter = null;
@@ -109,6 +138,10 @@ class RealtimeClient extends EventTarget {
     } else if (frame.type === "ping") {
       this.pinged = true;
       this.send({ type: "pong" });
+    } else if (frame.type === "resync") {
+      for (const room of frame.rooms ?? []) this.lastIds.delete(room);
+    } else if (frame.id && frame.room) {
+      this.lastIds.set(frame.room, frame.id); // where to resume from after a reconnect
     }
     this.dispatchEvent(new CustomEvent("frame", { detail: frame }));
   }
@@ -118,6 +151,14 @@ class RealtimeClient extends EventTarget {
     if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return false;
     this.socket.send(JSON.stringify(message));
     return true;
+  }
+
+  // Join `room`, resuming after its last known id (a room left and joined again gets what it
+  // missed meanwhile). The answer is a "joined" frame, or an "error" (e.g. "forbidden").
+  join(room) {
+    const message = { type: "join", room };
+    if (this.lastIds.has(room)) message.since = this.lastIds.get(room);
+    return this.send(message);
   }
 
   // Ask who is in `room` (one this client is in); the answer comes as a "frame" event of type
