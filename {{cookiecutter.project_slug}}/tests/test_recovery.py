@@ -17,7 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 {% if cookiecutter.use_rooms %}
 from {{ cookiecutter.package_name }}.app import create_app
 {%- endif %}
-from {{ cookiecutter.package_name }}.history import LocalHistory
+from {{ cookiecutter.package_name }}.history import LocalHistory, Recovery
+from {{ cookiecutter.package_name }}.hub import Connection, Hub
 {%- if cookiecutter.use_rooms %}
 from {{ cookiecutter.package_name }}.permissions import RoomGrants
 {%- endif %}
@@ -26,10 +27,38 @@ from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
 
+from . import transports
 from .conftest import Server, StartServer
 from .messages import next_message{% if cookiecutter.use_rooms %}, receive{% endif %}
 
 pytestmark = pytest.mark.anyio
+
+
+async def nothing_to_wait_for(room: str) -> None:
+    return None
+
+
+async def test_a_message_published_right_after_a_resuming_connect_comes_after_the_replay() -> None:
+    # The order of a real connect with `?since=`: the join and `resume_later` in one step
+    # (on_open), then, before the catch-up task first runs, another client's publish.
+    hub, history = Hub(), LocalHistory(size=10)
+    stamped = [(history.append(DEFAULT_ROOM, json.dumps({"n": n})), n) for n in range(3)]
+    socket = transports.Recorder()
+    connection = Connection(socket, hub.scheduler, user="u", outbox_limit=64)
+    hub.add(connection)
+    connection.start_writer()
+    hub.join(connection, DEFAULT_ROOM)
+    recovery = Recovery(hub, history, nothing_to_wait_for)
+    recovery.resume_later(connection, {DEFAULT_ROOM: stamped[0][0]})
+    live_id = history.append(DEFAULT_ROOM, json.dumps({"n": 3}))
+    hub.deliver(DEFAULT_ROOM, json.dumps({"n": 3, "id": live_id}), live_id)
+    for _ in range(100):  # bounded: the catch-up and the writer run within a few loop turns
+        await asyncio.sleep(0.01)
+        if len(socket.frames) >= 3:
+            break
+    assert [json.loads(frame)["n"] for frame in socket.frames] == [1, 2, 3], socket.frames
+    hub.remove(connection)
+
 
 # Publishes come faster than the default rate limit allows a client.
 FAST_PUBLISHER = {"HUB_RATE_PER_SECOND": "2000", "HUB_RATE_BURST": "2000"}

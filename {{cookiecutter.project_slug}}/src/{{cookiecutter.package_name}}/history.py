@@ -345,6 +345,11 @@ class Recovery:
         """`resume`, in a task of its own: from synchronous code (a connection's `on_open`)."""
         if not cursor:
             return
-        task = asyncio.create_task(self.resume(connection, cursor), name=f"resume-{connection.id}")
+        # The seams begin now, in the step of the joins: begun in the task, they would miss
+        # the live frames delivered before it first runs, which would then overtake the replay.
+        seams = self.begin(connection, cursor)
+        task = asyncio.create_task(
+            self.finish(connection, cursor, seams), name=f"resume-{connection.id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
