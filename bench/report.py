@@ -20,6 +20,7 @@ METRICS: list[tuple[str, str, str, bool]] = [
     ("F1000", "deliveries_per_s", "F N=1,000: deliveries/s", False),
     ("L", "p50_ms", "L 1,000 x 10/s: p50 (ms)", True),
     ("L", "p99_ms", "L 1,000 x 10/s: p99 (ms)", True),
+    ("L", "cpu_us_per_delivery", "L 1,000 x 10/s: server CPU per delivery (µs)", True),
     ("S", "p99_ms", "S (some stalled): healthy p99 (ms)", True),
     ("S", "healthy_delivered_pct", "S: delivered to healthy clients (%)", False),
     ("S", "stalled_closed", "S: stalled clients closed by the server", False),
@@ -87,7 +88,7 @@ def derive(rows: list[dict[str, Any]]) -> None:
     how much of what was published arrived before the run's deadline (a server too slow for
     the publisher, which only its own echoes pace, falls behind and is cut off)."""
     for row in rows:
-        if "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
+        if "deliveries" in row and "cpu_us_per_delivery" in row and "server_busy_pct" not in row:
             cpu = row["cpu_us_per_delivery"] * row["deliveries"] / 1e6
             row["server_busy_pct"] = 100 * cpu / max(1e-9, row["wall_s"])
         if row.get("expected") and "delivered_pct" not in row:
@@ -189,6 +190,7 @@ def sse_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, bool]]:
     found += [
         ("EL", "p50_ms", f"EL SSE {at} x 10/s: p50 (ms)", True),
         ("EL", "p99_ms", f"EL SSE {at} x 10/s: p99 (ms)", True),
+        ("EL", "cpu_us_per_delivery", f"EL SSE {at} x 10/s: server CPU per delivery (µs)", True),
         ("EL", "delivered_pct", "EL SSE: delivered by the deadline (%)", False),
     ]
     levels = sorted(
@@ -257,6 +259,14 @@ def targets(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
     checks.append(("idle memory <= 20 KB/conn at 10,000", _ok(kb <= 20, kb), f"{_fmt(kb)} KB"))
     p99 = ratio("L", "p99_ms", "raw")
     checks.append(("p99 at 1,000 x 10/s <= 1.1x raw", _ok(p99 <= 1.1, p99), f"{_fmt(p99)}x"))
+    unbatched = ratio("L", "cpu_us_per_delivery", "raw")
+    checks.append(
+        (
+            "server CPU per delivery at 1,000 x 10/s (nothing batched) <= 1.0x raw",
+            _ok(unbatched <= 1.0, unbatched),
+            f"{_fmt(unbatched)}x",
+        )
+    )
     l99, s99 = _median(rows, SERVICE, "L", "p99_ms"), _median(rows, SERVICE, "S", "p99_ms")
     change = (s99 / l99 - 1) * 100 if l99 else float("nan")
     checks.append(

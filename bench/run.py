@@ -441,6 +441,8 @@ def latency(
         "p999_ms": _percentile(values, 99.9) / 1e6,
         "max_ms": (values[-1] / 1e6) if values else float("nan"),
         "cpu_s": cpu,
+        # Nothing is batched at this rate: each message is one write per client.
+        "cpu_us_per_delivery": cpu / max(1, received) * 1e6,
         "healthy_closed": sum(r["closed_by_server"] + r["lost"] for r in results),
         "server_rss_growth_mb": (rss1 - rss0) / 2**20,
     }
@@ -784,6 +786,8 @@ def uvloop_variant(service: Target, others: list[Target]) -> Target:
     for other in others:
         if "uvicorn" in other.argv:
             other.argv += ["--loop", "asyncio", "--http", "h11"]
+        else:  # raw websockets, which takes uvloop when it can import it, as the others do
+            other.env["SERVER_LOOP"] = "asyncio"
     return Target(
         f"{service.name}-uvloop",
         list(service.argv),

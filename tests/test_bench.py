@@ -73,12 +73,15 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
                 assert row["sent"] > 0
                 assert row["received"] == row["expected"], row
                 assert 0 < row["p50_ms"] <= row["p99_ms"] < 10_000, row
+                assert row["cpu_us_per_delivery"] >= 0, row
             idle = by_key[(target, idle_name)]
             memory = [value for key, value in idle.items() if key.startswith("kb_per_conn_")]
             assert memory, idle
             assert all(math.isfinite(value) and value < 10_000 for value in memory), idle
     for target in ("service", "textbook", "raw"):
         assert by_key[(target, "S")]["stalled"] > 0
+    # Like for like: raw websockets on uvloop too, which the service's virtualenv has.
+    assert by_key[("raw", "L")]["event_loop"] == "uvloop", by_key[("raw", "L")]
     # The WebSocket-only baselines are not measured over SSE, and the SSE ones not over WebSocket.
     assert not [
         row for row in rows if row["target"] in ("textbook", "raw") and row["workload"][0] == "E"
@@ -91,6 +94,7 @@ def test_quick_mode_reports_every_workload_with_sane_numbers(tmp_path: Path) -> 
     summary = (out / "results.md").read_text()
     assert "| figure |" in summary
     assert "E N=" in summary and "SSE CPU per delivery" in summary
+    assert "(nothing batched) <= 1.0x raw" in summary
     assert "service: rooms, sse, heartbeats on; redis off; auth=query_token" in summary
     # R runs when the template has a Redis option, and says so when it has none.
     assert "R: not available" in summary or "R1" in summary or "R2" in summary

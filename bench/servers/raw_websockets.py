@@ -1,4 +1,5 @@
-"""Baseline: the raw limit, a plain `websockets` asyncio server using `websockets.broadcast()`.
+"""Baseline: the raw limit, a plain `websockets` asyncio server using `websockets.broadcast()`,
+on uvloop when it is importable (as the service and the uvicorn baselines are).
 
 Same tiny protocol as textbook.py: `welcome` once registered, then every text frame received is
 broadcast as it is to every connection, the sender included. Compression off (the service's
@@ -43,9 +44,24 @@ async def main(host: str, port: int) -> None:
         await stop
 
 
+def event_loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is importable (the service's virtualenv, which this runs in, has it:
+    the service runs on it by default, and the uvicorn baselines take it through `--loop auto`),
+    so that the comparison is like for like; asyncio's otherwise, or with SERVER_LOOP=asyncio
+    (what `--uvloop` pins every other server to)."""
+    if os.environ.get("SERVER_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.Loop
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    asyncio.run(main(args.host, args.port))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main(args.host, args.port))

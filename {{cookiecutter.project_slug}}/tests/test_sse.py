@@ -420,6 +420,35 @@ async def test_a_stream_routes_a_frame_by_the_room_and_id_beside_it_not_by_its_j
         assert (event.event, event.data) == ("resync", resync), "named by its type, not its JSON"
 
 
+{%- if cookiecutter.use_rooms %}
+
+
+async def test_one_broadcast_gives_every_stream_its_own_cursor() -> None:
+    # Streams of one room share the text of a broadcast's event (made once, not per stream);
+    # a stream of two rooms must still get both rooms' positions in its id.
+    async with (
+        serve_here(Settings()) as (base_url, app),
+        httpx2.AsyncClient(base_url=base_url, timeout=SOON) as client,
+        client.sse("/sse", params={"room": ROOM}) as one,
+        client.sse("/sse", params={"room": ROOM}) as same,
+        client.sse("/sse", params={"room": ["other", ROOM]}) as two,
+    ):
+        streams = [aiter(source) for source in (one, same, two)]
+        for events in streams:
+            assert (await asyncio.wait_for(anext(events), SOON)).retry is not None
+        assert app.state.hub.deliver("other", json.dumps({"n": 1}), "5-1") == 1
+        assert app.state.hub.deliver(ROOM, json.dumps({"n": 2}), "7-3") == 3
+        cursors = []
+        for events in streams:
+            event = await asyncio.wait_for(anext(events), SOON)
+            if dict(parse_qsl(event.id)) == {"other": "5-1"}:
+                event = await asyncio.wait_for(anext(events), SOON)
+            assert json.loads(event.data) == {"n": 2}
+            cursors.append(dict(parse_qsl(event.id)))
+    assert cursors == [{ROOM: "7-3"}, {ROOM: "7-3"}, {"other": "5-1", ROOM: "7-3"}]
+{%- endif %}
+
+
 async def test_sigterm_ends_open_streams_and_the_server_exits(start_server: StartServer) -> None:
     # uvicorn would wait for the stream up to its graceful timeout: a minute here.
     server = start_server(SERVER_SHUTDOWN_TIMEOUT_SECONDS="60")

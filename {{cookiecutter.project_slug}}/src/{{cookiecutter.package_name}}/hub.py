@@ -16,7 +16,7 @@ import asyncio
 import enum
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import Field
@@ -63,13 +63,17 @@ class Frame:
     `room` and `event_id`: where a room's message came from and the id it got as it was
     published (None for frames addressed to one client, and for messages without ids); `type`:
     the message's type, which SSE names its event by (the `welcome`, `error` and other frames
-    addressed to one WebSocket client leave it at "message", unread).
+    addressed to one WebSocket client leave it at "message", unread). `encoded`: what a
+    transport made of the frame that every client of it gets alike, by transport, made by the
+    first client that needs it: a broadcast offers one Frame to every member, so the work is
+    done once per message, not once per client, and lives as long as the frame is queued.
     """
 
     text: str
     room: str | None = None
     event_id: str | None = None
     type: str = "message"
+    encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Transport(Protocol):
@@ -87,7 +91,8 @@ class Transport(Protocol):
     def try_write(self, frames: list[Frame]) -> bool:
         """Write the batch now, without waiting: True if it was written; False, with nothing
         written, if the write would have to wait (the client's buffer is full, the socket is
-        closing). An exception means the transport is broken: the connection closes (1011)."""
+        closing). An exception means the transport is broken: the connection closes (1011).
+        The list is the caller's, and may be every client's of a broadcast: not to be kept."""
         ...
 
     async def write(self, frames: list[Frame]) -> None:
@@ -168,11 +173,13 @@ class WriteScheduler:
     def deliver(self, members: tuple[Connection, ...], frame: Frame) -> int:
         """Offer a frame to each of `members`; return how many took it."""
         loop = asyncio.get_running_loop()
-        at_once = not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS
-        offer = self.offer
-        taken = 0
-        for member in members:
-            taken += offer(member, frame, at_once)
+        if not self._unflushed and loop.time() - self._last_busy >= QUIET_SECONDS:
+            taken = self._write_at_once(members, frame)
+        else:
+            offer = self.offer
+            taken = 0
+            for member in members:
+                taken += offer(member, frame)
         self._last_busy = loop.time()
         return taken
 
@@ -181,14 +188,11 @@ class WriteScheduler:
 
         `at_once`: write it now if the transport takes it without waiting and nothing is queued
         before it (`deliver` asks this after a quiet spell)."""
+        if at_once:
+            return self._write_at_once((connection,), frame) == 1
         if connection.state is not ConnectionState.OPEN:
             return False
         outbox = connection._outbox
-        if at_once and not outbox and connection._writer_idle():
-            if self._try_write(connection, [frame]):
-                return True
-            if connection.state is not ConnectionState.OPEN:
-                return False  # the write failed
         if len(outbox) >= connection._outbox_limit:
             if connection._policy is SlowConsumerPolicy.CLOSE:
                 connection.close(status.WS_1013_TRY_AGAIN_LATER, "slow consumer")
@@ -203,6 +207,32 @@ class WriteScheduler:
             else:
                 connection._wake_writer()
         return True
+
+    def _write_at_once(self, members: tuple[Connection, ...], frame: Frame) -> int:
+        """Write the frame now to each member whose transport takes it without waiting and
+        that has nothing queued before it, in one loop as `websockets.broadcast()` does; queue
+        it for the others (`offer`). Return how many took it. The loop is the cost of an
+        unbatched broadcast beside the writes themselves, per member: so it is written out
+        here, one list for every member's batch (a transport must not keep it), rather than
+        through `offer` and `_try_write`."""
+        batch = [frame]
+        offer = self.offer
+        is_open = ConnectionState.OPEN
+        taken = 0
+        for member in members:
+            if member.state is is_open and not member._outbox:
+                waiting = member._waiting  # the writer idle: `Connection._writer_idle`
+                if waiting is not None and not waiting.done():
+                    try:
+                        written = member.transport.try_write(batch)
+                    except Exception:
+                        member.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+                        continue
+                    if written:
+                        taken += 1
+                        continue
+            taken += offer(member, frame)
+        return taken
 
     def offer_all(self, connection: Connection, frames: list[Frame]) -> bool:
         """Queue frames in order past the outbox limit (a replay, bounded by the history's

@@ -25,9 +25,10 @@ SIGINT through `exit_signals.py` and ends every open stream at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -59,6 +60,15 @@ CLOSE = "close"
 # before it. No message has it: only rooms' messages and resyncs reach a stream.
 _COMMENT = "comment"
 _COMMENT_PING = Frame("ping", type=_COMMENT)
+# The key of a frame's SSE event in `Frame.encoded`.
+_SSE = "sse"
+# `order` of the ids being compared, each parsed once, not twice per event per stream: a
+# broadcast's id is one string for every stream, and each stream's last id is the one before.
+_order = functools.lru_cache(maxsize=256)(order)
+
+
+def _event_text(cursor: str, event: str, data: str) -> str:
+    return f"id: {cursor}\nevent: {event}\ndata: {data}\n\n"
 
 
 class SseSettings(BaseSettings):
@@ -75,12 +85,13 @@ class SseSettings(BaseSettings):
 class EventStream(Response):
     """One SSE client: replay after its cursor, then the live frames the hub gives it.
 
-    The stream is its connection's `Transport` (hub.py): it writes only by awaiting the ASGI
-    `send`, in the writer task, and has no heartbeat (its comment pings are its own)."""
+    The stream is its connection's `Transport` (hub.py): under uvicorn it writes as a WebSocket
+    does, at once while the client takes what it is sent (`_UvicornBody`), else by awaiting the
+    ASGI `send` in the writer task; it has no heartbeat (its comment pings are its own)."""
 
     media_type = "text/event-stream"
     heartbeat: ClassVar[bool] = False
-    can_write_now: ClassVar[bool] = False
+    can_write_now: ClassVar[bool] = True  # under uvicorn (`_UvicornBody`)
 
     def __init__(
         self, sse: ServerSentEvents, identity: Identity, rooms: list[str], cursor: dict[str, str]
@@ -100,9 +111,11 @@ class EventStream(Response):
         self.rooms = rooms
         self.cursor = dict(cursor)
         self._send: Send | None = None
+        self._body: _UvicornBody | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
+        self._body = _UvicornBody.of(receive)
         sse, settings = self.sse, self.sse.hub_settings
         connection = Connection(
             self,
@@ -191,35 +204,54 @@ class EventStream(Response):
         # Cancelling this task (the stream ends) cancels the writer it waits for.
         await connection.start_writer()
 
-    def _event(self, event: str, room: str, event_id: str, frame: str) -> str:
-        # The cursor only moves forward, so a resume never replays what was already sent.
-        seen = self.cursor.get(room)
-        if seen is None or order(event_id) > order(seen):
-            self.cursor[room] = event_id
-        return f"id: {urlencode(self.cursor)}\nevent: {event}\ndata: {frame}\n\n"
-
     def try_write(self, frames: list[Frame]) -> bool:
-        return False  # an ASGI send is awaited: the writer task writes every batch
+        """The batch through the server's own `send`, skipping the ASGI middleware and the
+        writer task's wake-up, when that `send` would not wait: under uvicorn (see
+        `_UvicornBody`) while the client takes what it is sent."""
+        body = self._body
+        if body is None or not body.writable():
+            return False  # nothing rendered: the writer renders the batch once, in order
+        events = self._events(frames)
+        if events:
+            body.send_now(events)
+        return True
 
     async def write(self, frames: list[Frame]) -> None:
         """Hub frames become SSE events, in one write."""
-        text = "".join([self._event_for(frame) for frame in frames])
-        if text:
-            await self._write(text)
+        events = self._events(frames)
+        if events:
+            assert self._send is not None
+            await self._send({"type": "http.response.body", "body": events, "more_body": True})
 
-    def _event_for(self, frame: Frame) -> str:
-        """The SSE text of one hub frame; empty for frames the stream has sent already."""
+    def _events(self, frames: list[Frame]) -> bytes:
+        if len(frames) == 1:
+            return self._event_for(frames[0])
+        return b"".join([self._event_for(frame) for frame in frames])
+
+    def _event_for(self, frame: Frame) -> bytes:
+        """The SSE bytes of one hub frame; empty for frames the stream has sent already."""
         if frame.type == _COMMENT:
-            return f": {frame.text}\n\n"
+            return f": {frame.text}\n\n".encode()
         room, event_id = frame.room, frame.event_id
         if room is None or event_id is None:
-            return f"event: {frame.type}\ndata: {frame.text}\n\n"
-        seen = self.cursor.get(room)
-        if seen is not None and order(event_id) <= order(seen):
+            return f"event: {frame.type}\ndata: {frame.text}\n\n".encode()
+        cursor = self.cursor
+        seen = cursor.get(room)
+        if seen is not None and _order(event_id) <= _order(seen):
             # Sent already: a broker filling its gap after an outage repeats what it missed,
             # which a stream that opened meanwhile may have replayed from the history.
-            return ""
-        return self._event(frame.type, room, event_id, frame.text)
+            return b""
+        cursor[room] = event_id
+        if len(cursor) > 1:
+            return _event_text(urlencode(cursor), frame.type, frame.text).encode()
+        # The cursor is this room's alone, as on every stream of one room: the event is then
+        # the same bytes on each of them, made by the first and shared (a broadcast offers one
+        # Frame to all), instead of an id, an event and an encoded copy of the data per stream.
+        event = frame.encoded.get(_SSE)
+        if event is None:
+            text = _event_text(urlencode(cursor), frame.type, frame.text)
+            event = frame.encoded[_SSE] = text.encode()
+        return event
 
     async def _write(self, text: str) -> None:
         assert self._send is not None
@@ -229,6 +261,70 @@ class EventStream(Response):
         while True:
             await asyncio.sleep(self.sse.settings.ping_interval_seconds)
             connection.offer(_COMMENT_PING)
+
+
+class _UvicornBody:
+    """uvicorn's own `send` of a response's body (its request cycle's, under the ASGI
+    middleware), called without the `await` while it would not wait.
+
+    A stream's events then go out the way a WebSocket's do (ws_protocol.py's `send_text_now`):
+    a broadcast is written to every stream in one loop, with no writer task woken and no
+    middleware `send` wrappers run per stream, which were most of what an SSE delivery cost.
+    uvicorn's `send` (httptools and h11 alike, 0.52.1 to 0.54) awaits only while the client's
+    transport has writes paused; otherwise it frames and writes the body and returns. Middleware
+    that rewrites the bodies of `text/event-stream` responses would see none of these (Starlette's
+    GZip leaves event streams alone): as with `/ws`, which skips the middleware altogether."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    @classmethod
+    def of(cls, receive: Receive) -> _UvicornBody | None:
+        """The body of the request whose `receive` this is, if uvicorn serves it (Starlette
+        passes `receive` on unwrapped); None under other servers and test clients."""
+        cycle = getattr(receive, "__self__", None)
+        if type(cycle).__name__ != "RequestResponseCycle" or not type(cycle).__module__.startswith(
+            "uvicorn.protocols.http."
+        ):
+            return None
+        if not all(hasattr(cycle, name) for name in _CYCLE_ATTRIBUTES):
+            return None  # another uvicorn than the one this was written against: use `send`
+        return cls(cycle)
+
+    def writable(self) -> bool:
+        """Whether `send_now` would write at once: the response started, not complete, and
+        the client taking what it is sent."""
+        cycle = self._cycle
+        return (
+            cycle.response_started
+            and not cycle.response_complete
+            and not cycle.disconnected
+            and not cycle.flow.write_paused
+            and not cycle.transport.is_closing()
+        )
+
+    def send_now(self, body: bytes) -> None:
+        """Send a part of the body at once; only when `writable()`."""
+        step = self._cycle.send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            step.send(None)
+        except StopIteration:
+            return  # written, without waiting
+        step.close()
+        raise RuntimeError("uvicorn's send waited for a transport that took writes")
+
+
+# What `_UvicornBody` reads of uvicorn's request cycle, beside its `send`.
+_CYCLE_ATTRIBUTES = (
+    "send",
+    "response_started",
+    "response_complete",
+    "disconnected",
+    "flow",
+    "transport",
+)
 
 
 def _abort_transport(receive: Receive) -> None:

@@ -240,7 +240,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self.request = self.response = None  # type: ignore[assignment]
 
     def try_write(self, frames: list[Frame]) -> bool:
-        return self.send_text_now(message_text(frames))
+        # Once per client of a broadcast: a one-frame batch's text taken in place.
+        return self.send_text_now(frames[0].text if len(frames) == 1 else message_text(frames))
 
     async def write(self, frames: list[Frame]) -> None:
         await self.send({"type": "websocket.send", "text": message_text(frames)})
@@ -249,21 +250,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         """Send a text frame at once, as `send` does when the transport has room; False, sending
         nothing, in every case where `send` would wait (writes paused) or refuse (handshake not
         answered, close sent, client gone). The caller then goes through `send`."""
+        conn, transport = self.conn, self.transport
         if (
             not self.handshake_complete
             or self.initial_response is not None
             or self.close_sent
             or self.disconnected
             or not self.writable.is_set()
-            or self.transport.is_closing()
-            or self.conn.state is not State.OPEN
+            or transport.is_closing()
+            or conn.state is not State.OPEN
         ):
             return False
-        if self.conn.extensions:  # per-message compression: each client has its own compressor
-            self.conn.send_text(text.encode())
-            self.transport.write(b"".join(self.conn.data_to_send()))
+        if conn.extensions:  # per-message compression: each client has its own compressor
+            conn.send_text(text.encode())
+            transport.write(b"".join(conn.data_to_send()))
         else:
-            self.transport.write(_text_frame(text))
+            transport.write(_text_frame(text))
         return True
 
 
