@@ -256,7 +256,10 @@ async def test_get_presence_takes_the_credentials_of_ws(start_server: StartServe
 async def test_a_second_tab_joins_nobody_on_a_real_server(start_server: StartServer) -> None:
     server = start_server(PRESENCE_EVENTS="true")
     async with connect_as(server, "watcher") as watcher:
-        assert (await next_message(watcher))["type"] == "welcome"
+        # The frames its opening set off (its own presence_join, when the broker delivers at
+        # once) come before the welcome, as the errors of rooms named at connect do.
+        while (await next_message(watcher))["type"] != "welcome":
+            pass
         async with server.connect() as first_tab:
             await next_message(first_tab)
             async with server.connect() as second_tab:
