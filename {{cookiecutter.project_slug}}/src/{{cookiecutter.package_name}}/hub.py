@@ -200,13 +200,22 @@ class WriteScheduler:
         outbox.append(frame)
         if len(outbox) == 1 and connection._writer_idle():
             # The first frame since the outbox emptied; later ones join its batch.
-            if connection.transport.can_write_now:
-                if not self._unflushed:
-                    asyncio.get_running_loop().call_soon(self._flush)
-                self._unflushed.append(connection)
-            else:
-                connection._wake_writer()
+            self._start_batch(connection, listed=False)
         return True
+
+    def _start_batch(self, connection: Connection, listed: bool) -> None:
+        """Have an idle writer's new batch written: at the end of this step (`_flush`) when
+        the transport writes without waiting, else by waking the writer. `listed`: whether
+        the connection may already wait for `_flush`; `offer` knows it cannot (its outbox was
+        empty), so the per-batch path skips the list scan."""
+        if connection.transport.can_write_now:
+            if listed and connection in self._unflushed:
+                return
+            if not self._unflushed:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._unflushed.append(connection)
+        else:
+            connection._wake_writer()
 
     def _write_at_once(self, members: tuple[Connection, ...], frame: Frame) -> int:
         """Write the frame now to each member whose transport takes it without waiting and
@@ -242,13 +251,7 @@ class WriteScheduler:
         # The end of the step writes them, in one batch with what is queued before them.
         connection._outbox += frames
         if connection._writer_idle():
-            if connection.transport.can_write_now:
-                if connection not in self._unflushed:
-                    if not self._unflushed:
-                        asyncio.get_running_loop().call_soon(self._flush)
-                    self._unflushed.append(connection)
-            else:
-                connection._wake_writer()
+            self._start_batch(connection, listed=True)
         return True
 
     def _flush(self) -> None:
