@@ -33,6 +33,7 @@ MANIFEST: dict[str, tuple[str, ...]] = {
     ),
     "use_redis": (
         "src/{package_name}/redis_broker.py",
+        "src/{package_name}/history_redis.py",
         "tests/redis_server.py",
         "tests/test_redis_broker.py",
         "tests/test_workers.py",

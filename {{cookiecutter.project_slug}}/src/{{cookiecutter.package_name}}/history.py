@@ -2,7 +2,7 @@
 the one way a client that was away catches up (`Recovery`), over WebSocket and SSE alike.
 
 The broker records every message as it publishes it (`LocalBroker` with `LocalHistory` here;
-`RedisBroker` with `redis_broker.RedisHistory`), so the id travels inside the frame to every
+`RedisBroker` with `history_redis.RedisHistory`), so the id travels inside the frame to every
 subscriber, WebSocket and SSE alike. A client that was away (a WebSocket joining with `since`,
 an SSE stream resuming from its `Last-Event-ID`) asks for what it missed after its cursor: the
 last id it saw in each room. Every project keeps the history, `HISTORY_SIZE` messages per room

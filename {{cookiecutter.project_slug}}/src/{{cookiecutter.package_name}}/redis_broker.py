@@ -67,25 +67,20 @@ from .broker import (
     resync_frame,
 )
 from .history import History, HistorySettings
+from .history_redis import HISTORY_FIELD, RedisHistory, history_key, history_since, stream_order
 from .hub import Hub
 from .metrics import REDIS_CONNECTS, REDIS_UP
 from .protocol import with_id
 
 __all__ = [
-    "HISTORY_FIELD",
     "RedisBroker",
-    "RedisHistory",
     "RedisSettings",
-    "history_key",
-    "history_since",
     "redis_brokers",
     "redis_client",
 ]
 
 logger = logging.getLogger(__name__)
 
-# The field of a history stream entry that holds the frame (without its id).
-HISTORY_FIELD = "frame"
 # Publishes a frame, in one step: with a history, appends it to the room's stream (trimmed to
 # about ARGV[3] entries) and publishes it with the entry's id as its first field, as
 # `protocol.with_id` writes it, so ids are in the order members get the messages; with a key,
@@ -157,11 +152,6 @@ class RedisSettings(BaseSettings):
         return self
 
 
-def history_key(settings: RedisSettings, room: str) -> str:
-    """The Redis Stream holding a room's history."""
-    return f"{settings.channel_prefix}{room}:history"
-
-
 def keepalive_options() -> dict[int, int]:
     """TCP keepalive after 10 s idle, then every 5 s, 3 probes: a peer that vanished without
     a word (a host gone, a partition) is dropped by the kernel in about 25 s, not two hours,
@@ -193,30 +183,6 @@ def redis_client(settings: RedisSettings, *, retry_connection_errors: bool = Fal
     )
 
 
-async def history_since(
-    client: Redis, key: str, last_id: str | None
-) -> list[tuple[str, str]] | None:
-    """The entries of a history stream after `last_id` (None: all of them), oldest first, as
-    (id, frame), or None if `last_id` is not in it (trimmed, never there, or not a stream id):
-    the reader has a gap it must be told about. Redis errors are the caller's."""
-    try:
-        start = "-"
-        if last_id is not None:
-            # The entry itself, if still there, proves nothing was trimmed after it.
-            anchor = await client.xrange(key, min=last_id, max=last_id, count=1)
-            if not anchor:
-                return None
-            start = f"({last_id}"
-        # decode_responses: ids and fields are str, whatever the stubs say.
-        entries = cast(
-            list[tuple[str, dict[str, str]]],
-            await client.xrange(key, min=start, max="+"),
-        )
-    except ResponseError:
-        return None  # not a stream id at all
-    return [(entry_id, fields[HISTORY_FIELD]) for entry_id, fields in entries]
-
-
 def stamped_order(frame: str) -> tuple[int, int] | None:
     """The sort key of the event id the publish script wrote at the start of a frame (a
     stream id, `milliseconds-sequence`); None for a frame without one (a foreign publisher's)."""
@@ -224,14 +190,6 @@ def stamped_order(frame: str) -> tuple[int, int] | None:
         return None
     end = frame.find('"', len(_STAMPED))
     return stream_order(frame[len(_STAMPED) : end]) if end > 0 else None
-
-
-def stream_order(event_id: str) -> tuple[int, int] | None:
-    """The sort key of a Redis Stream id, None if it is not one."""
-    milliseconds, _, sequence = event_id.partition("-")
-    if not (milliseconds.isdigit() and sequence.isdigit()):
-        return None
-    return int(milliseconds), int(sequence)
 
 
 def redacted(url: str) -> str:
@@ -415,7 +373,9 @@ class RedisBroker(Broker):
         channel = self._prefix + room
         if self.history_size is None and marker is None:
             return ("PUBLISH", channel, frame)
-        keys = [] if self.history_size is None else [history_key(self.settings, room)]
+        keys = (
+            [] if self.history_size is None else [history_key(self.settings.channel_prefix, room)]
+        )
         if marker is not None:
             keys.append(marker)
         # EVAL, not EVALSHA: Redis caches the script by its hash either way, and EVALSHA
@@ -636,7 +596,9 @@ class RedisBroker(Broker):
         try:
             newest = cast(
                 list[tuple[str, dict[str, str]]],
-                await self._redis.xrevrange(history_key(self.settings, room), count=1),
+                await self._redis.xrevrange(
+                    history_key(self.settings.channel_prefix, room), count=1
+                ),
             )
         except (RedisError, OSError):
             return  # an outage before the first message then resyncs the room
@@ -666,7 +628,7 @@ class RedisBroker(Broker):
         missed: list[tuple[str, str]] | None = None
         last_id = self._last_id.get(room)
         if self.history_size is not None and last_id is not None:
-            key = history_key(self.settings, room)
+            key = history_key(self.settings.channel_prefix, room)
             try:
                 if last_id == _EMPTY:
                     missed = await history_since(self._redis, key, None)
@@ -687,32 +649,6 @@ class RedisBroker(Broker):
         self._confirm(room)
 
 
-class RedisHistory(History):
-    """Each room's recent events in a Redis Stream named the room's channel + `:history`,
-    shared by every process: the broker writes it as it publishes (XADD, in the publish script,
-    which gives each message its id, `milliseconds-sequence`, and trims the stream to about the
-    history size); `since` reads what a client missed (XRANGE with an exclusive start). Ids
-    survive a restart of the service (not of a Redis without persistence)."""
-
-    def __init__(self, settings: RedisSettings) -> None:
-        self.settings = settings
-        # Reads are safe to repeat: a connection that went stale while Redis restarted is
-        # replaced once, so the first resume after a recovery works.
-        self._redis = redis_client(settings, retry_connection_errors=True)
-
-    def key(self, room: str) -> str:
-        return history_key(self.settings, room)
-
-    async def since(self, room: str, last_id: str) -> list[tuple[str, str]] | None:
-        try:
-            return await history_since(self._redis, self.key(room), last_id)
-        except (RedisError, OSError) as error:
-            raise BrokerUnavailable(f"Redis did not answer: {error}") from None
-
-    async def close(self) -> None:
-        await self._redis.aclose()
-
-
 def redis_brokers(settings: RedisSettings) -> dict[str, BrokerFactory]:
     """The Redis broker, for `redis://` and `rediss://` broker URLs (None: REDIS_URL)."""
 
@@ -729,7 +665,10 @@ def redis_brokers(settings: RedisSettings) -> dict[str, BrokerFactory]:
             publish=publish,
             history_ttl_seconds=history.ttl_seconds,
         )
-        return broker, RedisHistory(redis)
+        # Reads are safe to repeat: a connection that went stale while Redis restarted is
+        # replaced once, so the first resume after a recovery works.
+        history_client = redis_client(redis, retry_connection_errors=True)
+        return broker, RedisHistory(history_client, redis.channel_prefix)
 
     return {"redis": open_redis_broker, "rediss": open_redis_broker}
 
