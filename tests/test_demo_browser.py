@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from rendering import DEFAULT, free_port, install, package_of, render_cookiecutter
+from rendering import DEFAULT, QUESTIONS, free_port, install, package_of, render_cookiecutter
 
 # Rendering and installing the project is most of the time; the default ceiling is too tight.
 pytestmark = pytest.mark.timeout(900)
@@ -241,6 +241,25 @@ def test_a_message_is_broadcast_to_every_page(open_demo_page: Callable[[], Page]
 
     expect_message(sender, text)
     expect_message(other, text)
+
+
+def test_the_page_shows_its_name_and_the_controls_of_its_features(
+    open_demo_page: Callable[[], Page],
+) -> None:
+    """One static page for every combination: it shows what /demo.json names, no more.
+    test_demo_minimal_browser.py has the page with every feature off."""
+    page = open_demo_page()
+
+    assert page.title() == QUESTIONS["project_name"]
+    expect(page.locator("h1")).to_have_text(str(QUESTIONS["project_name"]))
+    shown = {
+        "#join-form": DEFAULT.answers["use_rooms"],
+        "#room-select": DEFAULT.answers["use_rooms"],
+        "#sse": DEFAULT.answers["use_sse"],
+        "#login-form": DEFAULT.answers["auth"] != "none",
+    }
+    for selector, visible in shown.items():
+        expect(page.locator(selector)).to_be_visible(visible=bool(visible))
 
 
 def test_the_page_reconnects_by_itself_after_a_server_restart(

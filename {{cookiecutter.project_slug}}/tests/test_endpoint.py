@@ -16,6 +16,7 @@ from starlette.testclient import WebSocketDenialResponse, WebSocketTestSession
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from {{ cookiecutter.package_name }}.about import NAME
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.hub import Connection, Hub, HubSettings
@@ -266,6 +267,17 @@ def test_the_demo_page_and_its_client_are_served(client: TestClient) -> None:
     script = client.get("/static/client.js")
     assert script.status_code == 200
     assert "class RealtimeClient" in script.text
+
+
+def test_the_demo_page_learns_the_name_and_the_features_from_demo_json(
+    client: TestClient,
+) -> None:
+    about = client.get("/demo.json").json()
+    features = client.app.state.features  # type: ignore[attr-defined]
+    assert about == {"name": NAME, "features": [feature.name for feature in features]}
+    # The page shows a feature's controls by its name, so no two features share one.
+    assert len(set(about["features"])) == len(features)
+    assert "presence" in about["features"]
 
 
 async def refuse(connection: HTTPConnection) -> Identity:

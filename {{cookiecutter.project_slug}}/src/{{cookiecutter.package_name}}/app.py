@@ -129,5 +129,5 @@ def create_app(settings: Settings | None = None, *, authorize: Authorize = autho
     app.include_router(health_router(readiness, hub))
     if settings.server.metrics:
         app.include_router(metrics_router())
-    mount_demo(app)
+    mount_demo(app, [feature.name for feature in features])
     return app

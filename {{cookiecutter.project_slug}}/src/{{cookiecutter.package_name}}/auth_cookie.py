@@ -160,6 +160,8 @@ class LoginRequest(BaseModel):
 class CookieAuth(IdentityFeature):
     """The handshake check, and the login and logout endpoints."""
 
+    name = "cookie"
+
     def __init__(self, settings: CookieSettings) -> None:
         self.settings = settings
         key = settings.secret.get_secret_value()

@@ -178,6 +178,8 @@ class TokenRequest(BaseModel):
 class TokenAuth(IdentityFeature):
     """The handshake check, and the development endpoint that issues tokens."""
 
+    name = "query_token"
+
     def __init__(self, settings: TokenSettings) -> None:
         self.settings = settings
         self._key = settings.secret.get_secret_value()

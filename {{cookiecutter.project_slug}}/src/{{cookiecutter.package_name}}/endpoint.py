@@ -231,6 +231,8 @@ class DefaultRoom(Feature):
     """The one broadcast channel of a service without the rooms feature; `?since=<id>`
     resumes it after the last event id the client saw (history.Recovery)."""
 
+    name = "default_room"
+
     def __init__(self, core: Core) -> None:
         self.hub = core.hub
         self.recovery = core.recovery

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fastapi import APIRouter
 from starlette.requests import HTTPConnection
@@ -33,6 +34,10 @@ __all__ = ["Core", "Feature", "IdentityFeature", "Provided"]
 
 class Feature:
     """The hooks the app calls; a feature overrides those it needs, the rest do nothing."""
+
+    # The answer that chose it (`rooms`, `sse`, `query_token`...): the demo page shows the
+    # controls of the features it finds in `/demo.json` (demo.py).
+    name: ClassVar[str]
 
     def register(self, protocol: Protocol) -> None:
         """Add the message types it handles (`protocol.on`)."""

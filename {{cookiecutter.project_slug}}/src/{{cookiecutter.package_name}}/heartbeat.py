@@ -56,6 +56,8 @@ class Pong(Message):
 class Heartbeat(Feature):
     """The one ping-and-sweep task of this process."""
 
+    name = "heartbeats"
+
     def __init__(self, hub: Hub, settings: HeartbeatSettings) -> None:
         self.hub = hub
         self.settings = settings

@@ -130,6 +130,8 @@ class LocalPresence(PresenceStore):
 class Presence(Feature):
     """The `presence` handler, `GET /presence`, and the per-room counts behind both."""
 
+    name = "presence"
+
     def __init__(
         self,
         hub: Hub,

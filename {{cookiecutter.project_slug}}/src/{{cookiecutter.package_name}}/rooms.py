@@ -85,6 +85,8 @@ class RoomNames:
 class Rooms(Feature):
     """The `join` and `leave` handlers, and the rooms named at connect time."""
 
+    name = "rooms"
+
     def __init__(self, core: Core, settings: RoomSettings) -> None:
         self.hub = core.hub
         self.recovery = core.recovery

@@ -347,6 +347,8 @@ async def _disconnected(receive: Receive) -> None:
 class ServerSentEvents(Feature):
     """The `/sse` and `/publish` routes, and the open streams of this process."""
 
+    name = "sse"
+
     def __init__(self, core: Core, settings: SseSettings) -> None:
         self.core = core
         self.hub = core.hub
