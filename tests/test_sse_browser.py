@@ -57,6 +57,30 @@ def redis_url(
         yield url
 
 
+@pytest.fixture
+def replicas(
+    redis_project: tuple[InstalledProject, Path], redis_url: str, tmp_path: Path
+) -> Iterator[tuple[DemoServer, DemoServer]]:
+    """Two processes of the service sharing Redis under a channel prefix of their own: the one
+    the page talks to, and another replica, which only publishes. Both are started, and
+    stopped when the test ends (pytest shows their output if it failed)."""
+    project, _ = redis_project
+    environment = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"{uuid.uuid4().hex}:"}
+    servers = []
+    for name in ("page-server", "other-replica"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        servers.append(DemoServer(project, free_port(), workdir, environment))
+    try:
+        for server in servers:
+            server.start()
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.stop()
+            print(server.output())
+
+
 def publish(server: DemoServer, text: str) -> None:
     request = urllib.request.Request(
         f"{server.url}publish",
@@ -68,117 +92,81 @@ def publish(server: DemoServer, text: str) -> None:
 
 
 def test_the_event_source_view_resumes_after_a_restart_with_what_it_missed(
-    browser: Browser | None,
-    redis_project: tuple[InstalledProject, Path],
-    redis_url: str,
-    tmp_path: Path,
+    browser: Browser | None, replicas: tuple[DemoServer, DemoServer]
 ) -> None:
-    project, _ = redis_project
-    environment = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"{uuid.uuid4().hex}:"}
-    servers = []
-    for name in ("page-server", "other-replica"):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        servers.append(DemoServer(project, free_port(), workdir, environment))
-    page_server, other = servers
-    page_server.start()
-    other.start()
-    try:
-        with demo_page(browser, page_server.url) as page:
-            events = page.locator("#sse-events")
-            expect(page.locator("#sse-status")).to_have_text("open")
-            before = unique("before")
-            publish(page_server, before)
-            expect(events).to_contain_text(before)
-            page.evaluate("window.loadedBeforeRestart = true")
+    page_server, other = replicas
+    with demo_page(browser, page_server.url) as page:
+        events = page.locator("#sse-events")
+        expect(page.locator("#sse-status")).to_have_text("open")
+        before = unique("before")
+        publish(page_server, before)
+        expect(events).to_contain_text(before)
+        page.evaluate("window.loadedBeforeRestart = true")
 
-            page_server.stop()
-            expect(page.locator("#sse-status")).not_to_have_text("open")
-            away = [unique(f"away-{n}") for n in range(3)]
-            for text in away:
-                publish(other, text)
-            page_server.start()
+        page_server.stop()
+        expect(page.locator("#sse-status")).not_to_have_text("open")
+        away = [unique(f"away-{n}") for n in range(3)]
+        for text in away:
+            publish(other, text)
+        page_server.start()
 
-            expect(events).to_contain_text(away[-1], timeout=RECONNECT_TIMEOUT_MS)
-            after = unique("after")
-            publish(page_server, after)
-            expect(events).to_contain_text(after)
+        expect(events).to_contain_text(away[-1], timeout=RECONNECT_TIMEOUT_MS)
+        after = unique("after")
+        publish(page_server, after)
+        expect(events).to_contain_text(after)
 
-            assert page.evaluate("window.loadedBeforeRestart === true"), "the page was reloaded"
-            lines = events.locator("li").all_inner_texts()
-            texts = [line.rsplit(": ", 1)[-1] for line in lines]
-            assert texts == [before, *away, after], "each once, in order, nothing in between"
-    finally:
-        for server in servers:
-            server.stop()
-            print(server.output())
+        assert page.evaluate("window.loadedBeforeRestart === true"), "the page was reloaded"
+        lines = events.locator("li").all_inner_texts()
+        texts = [line.rsplit(": ", 1)[-1] for line in lines]
+        assert texts == [before, *away, after], "each once, in order, nothing in between"
 
 
 def test_the_websocket_view_resumes_after_a_sigkill_with_every_message_once(
-    browser: Browser | None,
-    redis_project: tuple[InstalledProject, Path],
-    redis_url: str,
-    tmp_path: Path,
+    browser: Browser | None, replicas: tuple[DemoServer, DemoServer]
 ) -> None:
     """The demo's WebSocket client (client.js) keeps the last id of its rooms: its server is
     killed with SIGKILL mid-stream and started again (on the same port, as a restarted
     replica), and the page ends with every numbered message once, in order, and no resync."""
-    project, _ = redis_project
-    environment = {"REDIS_URL": redis_url, "REDIS_CHANNEL_PREFIX": f"{uuid.uuid4().hex}:"}
-    servers = []
-    for name in ("page-server", "publishing-replica"):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        servers.append(DemoServer(project, free_port(), workdir, environment))
-    page_server, other = servers
-    page_server.start()
-    other.start()
+    page_server, other = replicas
     run = uuid.uuid4().hex[:8]
     total = 60
-    try:
-        with demo_page(browser, page_server.url) as page:
-            expect(page.locator("#status")).to_have_text("open")
-            page.evaluate(
-                "window.numbers = []; window.resyncs = 0;"
-                " client.addEventListener('frame', ({ detail: frame }) => {"
-                f"   if (frame.type === 'message' && String(frame.data).startsWith('{run}:'))"
-                "     window.numbers.push(Number(String(frame.data).split(':')[1]));"
-                "   if (frame.type === 'resync') window.resyncs += 1;"
-                " })"
-            )
-            # Once a message published through the other replica reaches the page, both
-            # processes hear the room.
-            for attempt in range(100):
-                publish(other, f"warm-up-{run}-{attempt}")
-                try:
-                    expect(page.locator("#messages")).to_contain_text(
-                        f"warm-up-{run}-{attempt}", timeout=500
-                    )
-                    break
-                except AssertionError:
-                    continue
-            for n in range(total // 3):
-                publish(other, f"{run}:{n}")
-            page.wait_for_function(f"window.numbers.length === {total // 3}")
+    with demo_page(browser, page_server.url) as page:
+        expect(page.locator("#status")).to_have_text("open")
+        page.evaluate(
+            "window.numbers = []; window.resyncs = 0;"
+            " client.addEventListener('frame', ({ detail: frame }) => {"
+            f"   if (frame.type === 'message' && String(frame.data).startsWith('{run}:'))"
+            "     window.numbers.push(Number(String(frame.data).split(':')[1]));"
+            "   if (frame.type === 'resync') window.resyncs += 1;"
+            " })"
+        )
+        # Once a message published through the other replica reaches the page, both
+        # processes hear the room.
+        for attempt in range(100):
+            publish(other, f"warm-up-{run}-{attempt}")
+            try:
+                expect(page.locator("#messages")).to_contain_text(
+                    f"warm-up-{run}-{attempt}", timeout=500
+                )
+                break
+            except AssertionError:
+                continue
+        for n in range(total // 3):
+            publish(other, f"{run}:{n}")
+        page.wait_for_function(f"window.numbers.length === {total // 3}")
 
-            assert page_server.process is not None
-            page_server.process.send_signal(signal.SIGKILL)
-            page_server.process.wait()
-            page_server.process = None
-            expect(page.locator("#status")).not_to_have_text("open")
-            for n in range(total // 3, 2 * total // 3):  # while the page is away
-                publish(other, f"{run}:{n}")
-            page_server.start()
-            expect(page.locator("#status")).to_have_text("open", timeout=RECONNECT_TIMEOUT_MS)
-            for n in range(2 * total // 3, total):
-                publish(other, f"{run}:{n}")
+        assert page_server.process is not None
+        page_server.process.send_signal(signal.SIGKILL)
+        page_server.process.wait()
+        page_server.process = None
+        expect(page.locator("#status")).not_to_have_text("open")
+        for n in range(total // 3, 2 * total // 3):  # while the page is away
+            publish(other, f"{run}:{n}")
+        page_server.start()
+        expect(page.locator("#status")).to_have_text("open", timeout=RECONNECT_TIMEOUT_MS)
+        for n in range(2 * total // 3, total):
+            publish(other, f"{run}:{n}")
 
-            page.wait_for_function(
-                f"window.numbers.length >= {total}", timeout=RECONNECT_TIMEOUT_MS
-            )
-            assert page.evaluate("window.numbers") == list(range(total))
-            assert page.evaluate("window.resyncs") == 0, "the history had every message"
-    finally:
-        for server in servers:
-            server.stop()
-            print(server.output())
+        page.wait_for_function(f"window.numbers.length >= {total}", timeout=RECONNECT_TIMEOUT_MS)
+        assert page.evaluate("window.numbers") == list(range(total))
+        assert page.evaluate("window.resyncs") == 0, "the history had every message"
