@@ -75,6 +75,15 @@ def free_port() -> int:
         return port
 
 
+def ws_client(url: str, **options: Any) -> connect:
+    """A WebSocket client that queues every frame it has not read yet. With a bounded queue
+    (websockets' default: 16 frames) the client stops reading its socket once the queue is
+    full, so it never sees the server's close frame: closing a client that had not read all
+    it was sent then waits out its `close_timeout` (10 s) and ends with 1006. The tests'
+    stalled readers are raw sockets (test_server.stalled_client), never this."""
+    return connect(url, **({"max_queue": None} | options))
+
+
 @dataclass
 class Server:
     """A `python -m <package>` process on loopback."""
@@ -99,7 +108,7 @@ class Server:
 
     def connect(self, **options: Any) -> connect:
         """A WebSocket client of this server that presents the test user's credentials."""
-        return connect(self.ws_url, additional_headers=self.ws_headers, **options)
+        return ws_client(self.ws_url, additional_headers=self.ws_headers, **options)
 
     def http_client(self, **options: Any) -> httpx2.AsyncClient:
         """An HTTP client of this server that presents the test user's credentials."""
@@ -193,11 +202,11 @@ def connect_as(server: Server, user: str) -> connect:
     """A WebSocket client of another user than the test's own (`tester`)."""
 {%- if cookiecutter.auth == "query_token" %}
     token = issue_token(user, 3600, TokenSettings(secret=TEST_SECRET))
-    return connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
+    return ws_client(f"ws://127.0.0.1:{server.port}/ws?token={token}")
 {%- else %}
     session = SessionSigner(TEST_SECRET).sign(user, time.time() + 3600)
     headers = {"Origin": server.http_url, "Cookie": f"session={session}"}
-    return connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
+    return ws_client(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
 {%- endif %}
 {%- endif %}
 

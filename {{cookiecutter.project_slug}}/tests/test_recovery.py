@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
 
 from . import transports
-from .conftest import Server, StartServer
+from .conftest import Server, StartServer, ws_client
 from .messages import next_message{% if cookiecutter.use_rooms %}, receive{% endif %}
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +70,7 @@ def resuming(server: Server, since: str | None, query: str = "") -> connect:
     for part in (query, "" if since is None else f"since={quote(since, safe='')}"):
         if part:
             url += ("&" if "?" in url else "?") + part
-    return connect(url, additional_headers=server.ws_headers)
+    return ws_client(url, additional_headers=server.ws_headers)
 
 
 async def publish(ws: ClientConnection, data: object, room: str = DEFAULT_ROOM) -> None:
