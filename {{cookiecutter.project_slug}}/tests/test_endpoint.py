@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +22,12 @@ from {{ cookiecutter.package_name }}.about import NAME
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.endpoint import Endpoint, HandshakeRefused, Identity
 from {{ cookiecutter.package_name }}.hub import Connection, Hub, HubSettings
-from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED
+from {{ cookiecutter.package_name }}.identity import SESSION_EXPIRED, close_on_expiry
 from {{ cookiecutter.package_name }}.protocol import DEFAULT_ROOM, Message, Protocol, encode
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .messages import receive
+from .transports import Recorder
 
 
 def welcomed(ws: WebSocketTestSession) -> dict[str, Any]:
@@ -299,6 +302,24 @@ def test_a_refused_handshake_is_an_http_response_and_nothing_is_accepted() -> No
 
 async def expiring_soon(connection: HTTPConnection) -> Identity:
     return Identity("temporary", expires_at=time.time() + 0.5)
+
+
+@pytest.mark.anyio
+async def test_expiries_close_each_connection_at_its_own_time_on_one_timer() -> None:
+    hub, now = Hub(), time.time()
+    first, second = (Connection(Recorder(), hub.scheduler, user=u, outbox_limit=8) for u in "ab")
+    close_on_expiry(first, Identity("a", expires_at=now + 0.3))
+    close_on_expiry(second, Identity("b", expires_at=now + 0.05))  # earlier: the timer moves
+    gone = Connection(Recorder(), hub.scheduler, user="c", outbox_limit=8)
+    expiry = close_on_expiry(gone, Identity("c", expires_at=now + 3600))
+    assert expiry is not None
+    references = sys.getrefcount(gone)
+    expiry.cancel()  # closed long before its credentials expire: not held until then
+    assert sys.getrefcount(gone) == references - 1
+    await asyncio.sleep(0.15)
+    assert (first.close_code, second.close_code) == (None, SESSION_EXPIRED)
+    await asyncio.sleep(0.3)
+    assert first.close_code == SESSION_EXPIRED
 
 
 def test_a_connection_is_closed_with_4001_when_its_identity_expires() -> None:

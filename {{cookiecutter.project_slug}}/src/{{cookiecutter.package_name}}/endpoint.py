@@ -5,9 +5,9 @@ One handler shape for every connection:
 1. handshake: `identify` looks at the upgrade request (the auth feature plugs in here) and may
    refuse it with an HTTP status before anything is accepted; an identity that expires gets a
    timer that closes the connection with `SESSION_EXPIRED` (4001) when it does;
-2. accept, register with the hub, start the writer, join the first rooms, send `welcome`;
+2. accept, register with the hub, start writing, join the first rooms, send `welcome`;
 3. the read loop, in the handler's own task (one task less per connection), until the client
-   leaves or the connection is closed: `Connection.close()` interrupts it, and a writer that
+   leaves or the connection is closed: `Connection.close()` interrupts it, and a write that
    fails closes the connection;
 4. cleanup in `finally`: the writer stopped, the connection and its rooms removed from the hub,
    and the close frame sent (bounded in time) when the server chose to close.
@@ -19,13 +19,13 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from fastapi import FastAPI, WebSocket
-from fastapi.routing import APIWebSocketRoute
+from fastapi import APIRouter, FastAPI, WebSocket
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette import status
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
@@ -49,12 +49,18 @@ __all__ = [
     "SendTransport",
     "anonymous",
     "join_default_room",
+    "served_directly",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 OnOpen = Callable[[Connection, WebSocket], None]
+F = TypeVar("F", bound=Callable[..., object])
+
+# The attribute of a GET route's endpoint function naming the ASGI app that serves it instead
+# (`served_directly`, RealtimeApp).
+_SERVED_BY = "served_directly_by"
 
 
 class Endpoint:
@@ -107,8 +113,7 @@ class Endpoint:
             grants=identity.grants,
         )
         self.hub.add(connection)
-        writer = connection.start_writer()
-        writer.add_done_callback(functools.partial(_close_if_failed, connection))
+        connection.start_writer()
         expiry = close_on_expiry(connection, identity)
         connection.read_in(asyncio.current_task())
         bucket = TokenBucket(self.settings.rate_per_second, self.settings.rate_burst)
@@ -150,13 +155,14 @@ class Endpoint:
             connection.read_in(None)
             if expiry is not None:
                 expiry.cancel()
-            writer.cancel()
+            writer = connection.stop_writer()
             if ws_protocol is not None:
                 ws_protocol.detach()
             if started is not None:
                 log_connection_closed(connection, "ws", started, disconnect)
             self.hub.remove(connection)
-        await asyncio.wait((writer,))
+        if writer is not None:
+            await asyncio.wait((writer,))
         if connection.close_code is not None:
             sent = await self._close(websocket, connection.close_code, connection.close_reason)
             if not sent and ws_protocol is not None:
@@ -251,11 +257,33 @@ class RealtimeApp(FastAPI):
     is open. FastAPI's (middleware, router, exception wrappers, dependency exit stacks) are some
     20 frames and 3 exit stacks: about 10 KB, a third of an idle connection, measured at 10,000.
     The endpoint needs none of them: it takes no dependencies and raises nothing they handle.
-    The price: middleware added with `add_middleware` does not see these sockets (it still sees
-    every HTTP request, `/sse` included).
+    So is a GET for a route whose endpoint is `served_directly` (`/sse`): a stream, open as long
+    as a socket, held some 7 KB more through them. The price: middleware added with
+    `add_middleware` does not see these sockets and streams (it still sees every other HTTP
+    request).
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Path to the ASGI app serving its GETs, of the routes included `served_directly`.
+        self.served_directly: dict[str, ASGIApp] = {}
+
+    def include_router(self, router: APIRouter, *, prefix: str = "", **kwargs: Any) -> None:
+        # Here, as FastAPI keeps included routers nested (its own private structure).
+        for route in router.routes:
+            if isinstance(route, APIRoute) and (serve := getattr(route.endpoint, _SERVED_BY, None)):
+                self.served_directly[prefix + route.path] = serve
+        super().include_router(router, prefix=prefix, **kwargs)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and (serve := self.served_directly.get(scope["path"])) is not None
+        ):
+            scope["app"] = self
+            await serve(scope, receive, send)
+            return
         if scope["type"] == "websocket":
             for route in self.router.routes:
                 if (
@@ -267,6 +295,19 @@ class RealtimeApp(FastAPI):
                     await route.endpoint.serve(WebSocket(scope, receive, send), send)
                     return
         await super().__call__(scope, receive, send)
+
+
+def served_directly(app: ASGIApp) -> Callable[[F], F]:
+    """Have RealtimeApp serve a GET route with `app` instead of going through FastAPI; the
+    route stays, for the OpenAPI schema and its other methods. `app` must do what the route
+    did: its dependencies, and its HTTPExceptions made responses (as sse.py's
+    `http_error_response` does)."""
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, _SERVED_BY, app)
+        return endpoint
+
+    return mark
 
 
 class SendTransport:
@@ -296,14 +337,6 @@ def _control_frame(connection: Connection, bucket: TokenBucket) -> None:
     connection.last_seen = asyncio.get_running_loop().time()
     if not bucket.take():
         connection.close(status.WS_1008_POLICY_VIOLATION, "rate limit exceeded")
-
-
-def _close_if_failed(connection: Connection, writer: asyncio.Task[None]) -> None:
-    """A writer that failed ends its connection (interrupting the read)."""
-    if not writer.cancelled() and (error := writer.exception()) is not None:
-        # A send on a socket the client already dropped, usually: expected, quiet.
-        logger.debug("%s ended by %r", writer.get_name(), error)
-        connection.close(status.WS_1011_INTERNAL_ERROR, "send failed")
 
 
 def _size(event: Mapping[str, object]) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -53,6 +54,8 @@ MemberCallback = Callable[["Connection", str], None]
 QUIET_SECONDS = 0.01
 
 _connection_ids = itertools.count(1)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +158,10 @@ class WriteScheduler:
     - at the end of the step: otherwise what is queued in an event-loop step is written at its
       end, in one callback for every connection, each getting its batch;
     - the writer task: whenever a write would have to wait (`try_write` says False), or the
-      transport can only wait (SSE, another server's ASGI send), the connection's writer task
-      takes over, and waits for the client as long as it must (or until the outbox
-      overflows), so a client that stops reading still delays nobody.
+      transport can only wait (SSE, another server's ASGI send), a writer task takes over the
+      connection's backlog, and waits for the client as long as it must (or until the outbox
+      overflows), so a client that stops reading still delays nobody. It exists only while
+      there is a backlog: an idle connection holds no task, no coroutine and no future for it.
 
     Frames leave in the order they were offered: they are written without the writer task only
     while it is idle with nothing queued before them, and what cannot be written so goes back
@@ -229,17 +233,21 @@ class WriteScheduler:
         is_open = ConnectionState.OPEN
         taken = 0
         for member in members:
-            if member.state is is_open and not member._outbox:
-                waiting = member._waiting  # the writer idle: `Connection._writer_idle`
-                if waiting is not None and not waiting.done():
-                    try:
-                        written = member.transport.try_write(batch)
-                    except Exception:
-                        member.close(status.WS_1011_INTERNAL_ERROR, "send failed")
-                        continue
-                    if written:
-                        taken += 1
-                        continue
+            if (
+                member.state is is_open
+                and not member._outbox
+                # The writer idle: `Connection._writer_idle`, inlined.
+                and member._writer is None
+                and member._may_write
+            ):
+                try:
+                    written = member.transport.try_write(batch)
+                except Exception:
+                    member.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+                    continue
+                if written:
+                    taken += 1
+                    continue
             taken += offer(member, frame)
         return taken
 
@@ -283,18 +291,23 @@ class WriteScheduler:
             return False
 
     async def write_loop(self, connection: Connection) -> None:
-        """The connection's writer task: waits for frames, then writes them, waiting for the
-        client as long as it takes."""
-        loop = asyncio.get_running_loop()
-        while connection.state is ConnectionState.OPEN:
-            if not connection._outbox:
-                connection._waiting = loop.create_future()
-                try:
-                    await connection._waiting
-                finally:
-                    connection._waiting = None
-            while connection._outbox:
+        """The connection's writer task (`Connection._wake_writer`): writes the backlog, waiting
+        for the client as long as it takes, and ends once the outbox is empty; a write that
+        fails closes the connection (1011)."""
+        try:
+            while connection._outbox and connection.state is ConnectionState.OPEN:
                 await connection.transport.write(self._take_batch(connection))
+        except Exception as error:
+            # A send on a socket the client already dropped, usually: expected, quiet.
+            logger.debug("writer of %r ended by %r", connection, error)
+            connection._writer = None  # not cancelled by the close: it is ending anyway
+            connection.close(status.WS_1011_INTERNAL_ERROR, "send failed")
+        finally:
+            # In the step that found the outbox empty: a frame offered after it starts a new
+            # writer. Letting go of the task also breaks the cycle a cancelled one would hold
+            # (its CancelledError's traceback holds this frame, which holds the connection).
+            if connection._writer is asyncio.current_task():
+                connection._writer = None
 
     def _take_batch(self, connection: Connection) -> list[Frame]:
         """The oldest frames that fit in `batch_bytes` joined by newlines; at least one."""
@@ -323,7 +336,7 @@ class Connection:
     """One client: who it is, its rooms, its outbox and the transport its frames leave by.
 
     The outbox is written as its `WriteScheduler` decides, which reads and writes the write
-    state here (`_outbox`, `_waiting`, `_writer`): the scheduler's, kept on the connection, as
+    state here (`_outbox`, `_may_write`, `_writer`): the scheduler's, kept on the connection, as
     it is per client. `close()` may be called from anywhere (the hub, the reader, a timer); it
     is synchronous and never waits for the client: it stops the writer, even mid-send, and
     interrupts the task reading from the client (`read_in`).
@@ -331,13 +344,13 @@ class Connection:
 
     __slots__ = (
         "_batch_bytes",
+        "_may_write",
         "_outbox",
         "_outbox_limit",
         "_policy",
         "_reader",
         "_reader_interrupted",
         "_scheduler",
-        "_waiting",
         "_writer",
         "close_code",
         "close_reason",
@@ -381,9 +394,12 @@ class Connection:
         self._outbox_limit = outbox_limit
         self._policy = policy
         self._batch_bytes = batch_bytes
-        # Set only while the writer waits for frames, not an Event per connection: idle
-        # connections are the many, and memory per connection is what bounds a process.
-        self._waiting: asyncio.Future[None] | None = None
+        # Frames are held in the outbox until `start_writer`; then written as the scheduler
+        # decides.
+        self._may_write = False
+        # Only while a backlog is written (`WriteScheduler.write_loop`), not a task waiting on
+        # every connection: idle connections are the many, and memory per connection is what
+        # bounds a process.
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[Any] | None = None
         self._reader_interrupted = False
@@ -434,21 +450,22 @@ class Connection:
         task = asyncio.current_task()
         return task is not None and task.uncancel() == 0
 
-    def start_writer(self) -> asyncio.Task[None]:
-        if self._writer is not None:
-            raise RuntimeError(f"Expected no writer for {self!r}, got {self._writer!r}")
-        writer = asyncio.create_task(self._scheduler.write_loop(self), name=f"writer-{self.id}")
-        writer.add_done_callback(self._forget_writer)
-        self._writer = writer
-        return writer
+    def start_writer(self) -> None:
+        """Start writing: what was queued before (a replay, the `welcome`) first."""
+        if self._may_write:
+            raise RuntimeError(f"Expected no writer for {self!r}, got one started")
+        self._may_write = True
+        if self._outbox and self.state is ConnectionState.OPEN:
+            self._scheduler._start_batch(self, listed=True)
 
-    def _forget_writer(self, writer: asyncio.Task[None]) -> None:
-        # A cancelled writer keeps its CancelledError, whose traceback holds the writer's frame,
-        # which holds this connection, which holds the writer: a cycle that only a full garbage
-        # collection would free, for every closed connection. Letting go of the finished writer
-        # breaks it, so reference counting frees the connection the moment it is forgotten.
-        if self._writer is writer:
-            self._writer = None
+    def stop_writer(self) -> asyncio.Task[None] | None:
+        """Stop writing, even mid-send; the writer task, cancelled, if one was writing, for the
+        caller to wait for before it sends anything else (the close frame)."""
+        self._may_write = False
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+        return writer
 
     @property
     def pending(self) -> int:
@@ -456,12 +473,15 @@ class Connection:
         return len(self._outbox)
 
     def _writer_idle(self) -> bool:
-        return self._waiting is not None and not self._waiting.done()
+        """Started, with no writer task busy with a backlog."""
+        return self._writer is None and self._may_write
 
     def _wake_writer(self) -> None:
-        waiting = self._waiting
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+        """Have a writer task write the backlog; the one already at it, if there is one."""
+        if self._writer is None and self._may_write:
+            self._writer = asyncio.create_task(
+                self._scheduler.write_loop(self), name=f"writer-{self.id}"
+            )
 
 
 class Hub:

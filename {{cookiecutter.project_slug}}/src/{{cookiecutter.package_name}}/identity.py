@@ -9,7 +9,9 @@ The auth feature supplies one; without it every client is `anonymous`. An identi
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from .protocol import ProtocolError
 
 __all__ = [
     "SESSION_EXPIRED",
+    "Expiry",
     "HandshakeRefused",
     "Identify",
     "IdentifyRequest",
@@ -74,15 +77,89 @@ async def anonymous(connection: HTTPConnection) -> Identity:
     return Identity("anonymous")
 
 
-def close_on_expiry(connection: Connection, identity: Identity) -> asyncio.TimerHandle | None:
+def close_on_expiry(connection: Connection, identity: Identity) -> Expiry | None:
     """Close the connection with SESSION_EXPIRED when its credentials expire, if they do; the
-    caller cancels the timer when the connection ends first."""
+    caller cancels the expiry when the connection ends first."""
     if identity.expires_at is None:
         return None
-    delay = max(0.0, identity.expires_at - time.time())
-    return asyncio.get_running_loop().call_later(
-        delay, connection.close, SESSION_EXPIRED, "session expired"
-    )
+    loop = asyncio.get_running_loop()
+    expiries = _expiries.get(loop)
+    if expiries is None:
+        expiries = _expiries[loop] = _Expiries()
+    return expiries.add(connection, loop.time() + max(0.0, identity.expires_at - time.time()))
+
+
+class Expiry:
+    """One connection's place in its loop's `_Expiries`."""
+
+    __slots__ = ("_expiries", "connection", "when")
+
+    def __init__(self, connection: Connection, when: float, expiries: _Expiries) -> None:
+        self.connection: Connection | None = connection  # None once cancelled or expired
+        self.when = when  # on the loop's clock
+        self._expiries = expiries
+
+    def __lt__(self, other: Expiry) -> bool:
+        return self.when < other.when
+
+    def cancel(self) -> None:
+        if self.connection is not None:
+            self.connection = None
+            self._expiries.cancelled()
+
+
+class _Expiries:
+    """The expiries of one event loop's connections, on one timer for the earliest: a heap
+    entry each (about 80 bytes), where a timer each held a TimerHandle, the loop's timer and
+    a bound method (about 600 bytes) for every authenticated connection.
+
+    It keeps no reference to the loop (nor to its timers, which are left to fire when a new
+    earliest expiry supersedes them: they find nothing due), so that `_expiries`, weak on
+    the loop, lets go of it with the loop."""
+
+    def __init__(self) -> None:
+        self._heap: list[Expiry] = []
+        self._cancelled = 0  # entries of the heap no longer wanted
+        self._armed_at: float | None = None  # when the pending timer fires, if one is
+
+    def add(self, connection: Connection, when: float) -> Expiry:
+        expiry = Expiry(connection, when, self)
+        heapq.heappush(self._heap, expiry)
+        self._arm()
+        return expiry
+
+    def cancelled(self) -> None:
+        self._cancelled += 1
+        # Dropped once they are half the heap, so that connections closed long before their
+        # credentials expire are not held until then: O(1) per cancel, amortized.
+        if self._cancelled * 2 > len(self._heap):
+            self._heap = [expiry for expiry in self._heap if expiry.connection is not None]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _arm(self) -> None:
+        """A timer for the earliest expiry, unless one fires by then."""
+        if self._heap and (self._armed_at is None or self._heap[0].when < self._armed_at):
+            self._armed_at = when = self._heap[0].when
+            asyncio.get_running_loop().call_at(when, self._expire, when)
+
+    def _expire(self, armed_at: float) -> None:
+        if armed_at == self._armed_at:
+            self._armed_at = None
+        now = asyncio.get_running_loop().time()
+        while self._heap and self._heap[0].when <= now:
+            expiry = heapq.heappop(self._heap)
+            connection, expiry.connection = expiry.connection, None
+            if connection is None:
+                self._cancelled -= 1
+            else:
+                connection.close(SESSION_EXPIRED, "session expired")
+        self._arm()
+
+
+_expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Expiries] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # The HTTP routes' side (`GET /sse`, `POST /publish`): the same checks, as FastAPI dependencies.

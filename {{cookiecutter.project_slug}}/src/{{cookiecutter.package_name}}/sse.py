@@ -25,13 +25,16 @@ SIGINT through `exit_signals.py` and ends every open stream at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette import status
@@ -39,10 +42,11 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .connection_log import log_connection_closed, log_connection_opened, log_connection_refused
+from .endpoint import served_directly
 from .exit_signals import on_exit_signal
 from .feature import Core, Feature
 from .history import Seam, order, parse_cursor
-from .hub import Connection, Frame
+from .hub import Connection, ConnectionState, Frame
 from .identity import Identity, close_on_expiry, forbid_unless, http_user
 from .metrics import SSE_RESUMES, SSE_RESYNCS
 from .permissions import require_join
@@ -131,8 +135,8 @@ class EventStream(Response):
         sse.streams.add(connection)
         # Expired credentials end the stream, as they close a WebSocket.
         expiry = close_on_expiry(connection, self.identity)
-        tasks: list[asyncio.Task[None]] = []
         started: float | None = None
+        writer: asyncio.Task[None] | None = None
         try:
             for room in self.rooms:
                 sse.hub.join(connection, room)
@@ -148,28 +152,34 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             started = log_connection_opened(connection, "sse", scope.get("client"))
             await self._write(f"retry: {sse.settings.retry_milliseconds}\n\n")
-            tasks = [
-                asyncio.create_task(
-                    self._deliver(connection, seams), name=f"writer-{connection.id}"
-                ),
-                asyncio.create_task(self._ping(connection), name=f"ping-{connection.id}"),
-                asyncio.create_task(_disconnected(receive), name=f"receive-{connection.id}"),
-            ]
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # One task per stream, this one, as the WebSocket's: the replay, then reading until
+            # the client leaves; `Connection.close()` interrupts it (a slow consumer, expired
+            # credentials, shutdown). The writer runs only while there is a backlog, and the
+            # pings come from one task for every stream (`ServerSentEvents._ping`).
+            connection.read_in(asyncio.current_task())
+            if connection.state is ConnectionState.OPEN:
+                await self._replay(connection, seams)
+                sse.live.add(connection)
+                await _disconnected(receive)
+        except asyncio.CancelledError:
+            if not connection.interrupted():
+                raise
+        except Exception as error:
+            # The client gone mid-write, or the history unreadable: the stream ends, as before.
+            logger.debug("%r ended by %r", connection, error)
         finally:
             # Nothing here awaits: cleanup must also complete when this task is cancelled.
+            connection.read_in(None)
             if expiry is not None:
                 expiry.cancel()
-            for task in tasks:
-                task.cancel()
+            writer = connection.stop_writer()
             if started is not None:
                 log_connection_closed(connection, "sse", started)
+            sse.live.discard(connection)
             sse.streams.discard(connection)
             sse.hub.remove(connection)
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and (error := task.exception()) is not None:
-                logger.debug("%s ended by %r", task.get_name(), error)
+        if writer is not None:
+            await asyncio.wait((writer,))
         # End the response, unless the client is gone or stopped reading (then its socket is
         # aborted), saying why when the server chose to: the client then knows whether to sign in
         # again.
@@ -192,7 +202,7 @@ class EventStream(Response):
         except Exception:
             pass  # a send on a socket the client already dropped: expected, quiet
 
-    async def _deliver(self, connection: Connection, seams: dict[str, Seam]) -> None:
+    async def _replay(self, connection: Connection, seams: dict[str, Seam]) -> None:
         """The missed events, then the live ones: the writer writes them all, in order."""
         if self.cursor:
             SSE_RESUMES.inc()
@@ -201,8 +211,7 @@ class EventStream(Response):
             SSE_RESYNCS.inc(len(lost))
             for room in lost:
                 del self.cursor[room]
-        # Cancelling this task (the stream ends) cancels the writer it waits for.
-        await connection.start_writer()
+        connection.start_writer()
 
     def try_write(self, frames: list[Frame]) -> bool:
         """The batch through the server's own `send`, skipping the ASGI middleware and the
@@ -256,11 +265,6 @@ class EventStream(Response):
     async def _write(self, text: str) -> None:
         assert self._send is not None
         await self._send({"type": "http.response.body", "body": text.encode(), "more_body": True})
-
-    async def _ping(self, connection: Connection) -> None:
-        while True:
-            await asyncio.sleep(self.sse.settings.ping_interval_seconds)
-            connection.offer(_COMMENT_PING)
 
 
 class _UvicornBody:
@@ -327,6 +331,20 @@ _CYCLE_ATTRIBUTES = (
 )
 
 
+async def http_error_response(request: Request, error: HTTPException) -> Response:
+    """The response the app's exception handlers make of an HTTPException (FastAPI's JSON
+    `{"detail": ...}` unless the app registered its own), found as Starlette finds them."""
+    handlers = getattr(request.app, "exception_handlers", {})
+    for kind in type(error).__mro__:
+        if kind in handlers:
+            response = handlers[kind](request, error)
+            if inspect.isawaitable(response):
+                response = await response
+            assert isinstance(response, Response)
+            return response
+    return await http_exception_handler(request, error)
+
+
 def _abort_transport(receive: Receive) -> None:
     """Drop the connection of a request at once, with no flush. Under uvicorn, `receive` is its
     request cycle's own (Starlette passes it on unwrapped), which holds the transport; under
@@ -358,16 +376,34 @@ class ServerSentEvents(Feature):
         self.identify = http_user(core.identify)
         self.check_room = core.check_room
         self.streams: set[Connection] = set()
+        # The streams past their replay, which the pings go to.
+        self.live: set[Connection] = set()
         self._unsubscribe: Callable[[], None] | None = None
+        self._pinging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._unsubscribe = on_exit_signal(self.close_all)
+        self._pinging = asyncio.create_task(self._ping(), name="sse-ping")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        pinging, self._pinging = self._pinging, None
+        if pinging is not None:
+            pinging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinging
         self.close_all()
+
+    async def _ping(self) -> None:
+        """One task pings every stream, as the heartbeat does every WebSocket, where a task
+        per stream would hold a coroutine, a sleep's future and its timer for each: a stream's
+        first ping comes within an interval of its opening, then one each interval."""
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_seconds)
+            for connection in tuple(self.live):
+                connection.offer(_COMMENT_PING)
 
     async def listening(self, rooms: list[str]) -> None:
         """Wait until this process hears the rooms (a Redis subscription is confirmed)."""
@@ -380,26 +416,44 @@ class ServerSentEvents(Feature):
 
         # The status only documents the route (EventStream sets its own); without it FastAPI
         # looks for a default in EventStream's signature, finds none and fails /openapi.json.
+        # Served by `serve` under RealtimeApp (the app's), by FastAPI under any other.
         @router.get("/sse", response_class=EventStream, status_code=status.HTTP_200_OK)
+        @served_directly(self.serve)
         async def stream(request: Request, identity: Identity = Depends(identify)) -> EventStream:
-            rooms = list(dict.fromkeys(request.query_params.getlist("room"))) or [DEFAULT_ROOM]
-            if len(rooms) > self.settings.max_rooms_per_stream:
-                raise HTTPException(
-                    status.HTTP_422_UNPROCESSABLE_CONTENT,
-                    f"a stream may follow {self.settings.max_rooms_per_stream} rooms",
-                )
-            for room in rooms:
-                check_room_or_422(self.check_room, room)
-                forbid_unless(require_join, identity, room)
-            cursor = parse_cursor(
-                request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
-                rooms,
-            )
-            return EventStream(self, identity, rooms, cursor)
+            return self.open_stream(request, identity)
 
         # Publishing over plain HTTP, beside the stream that reads over it.
         router.include_router(publish_router(self.core.publisher, identify, self.check_room))
         return router
+
+    def open_stream(self, request: Request, identity: Identity) -> EventStream:
+        """The stream a GET /sse asks for, or an HTTPException (422, 403)."""
+        rooms = list(dict.fromkeys(request.query_params.getlist("room"))) or [DEFAULT_ROOM]
+        if len(rooms) > self.settings.max_rooms_per_stream:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"a stream may follow {self.settings.max_rooms_per_stream} rooms",
+            )
+        for room in rooms:
+            check_room_or_422(self.check_room, room)
+            forbid_unless(require_join, identity, room)
+        cursor = parse_cursor(
+            request.headers.get("last-event-id") or request.query_params.get("lastEventId"),
+            rooms,
+        )
+        return EventStream(self, identity, rooms, cursor)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /sse without FastAPI's middleware, router and dependency machinery (RealtimeApp):
+        its one dependency called here, and an HTTPException answered by the app's handler for
+        it, as FastAPI would."""
+        request = Request(scope, receive, send)
+        response: Response
+        try:
+            response = self.open_stream(request, await self.identify(request))
+        except HTTPException as error:
+            response = await http_error_response(request, error)
+        await response(scope, receive, send)
 
     def close_all(self) -> None:
         """End every open stream; the client's EventSource reconnects (elsewhere)."""
